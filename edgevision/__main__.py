@@ -1,0 +1,3 @@
+from edgevision.cli.main import main
+
+raise SystemExit(main())

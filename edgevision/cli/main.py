@@ -1,0 +1,497 @@
+"""The ``edgevision`` command line. TensorFlow is imported only by the commands that need it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edgevision import config
+from edgevision.errors import EdgevisionError
+
+EPILOG = """\
+examples:
+  edgevision demo                                   train on a generated sample, end to end
+  edgevision project create flowers --type multiclass
+  edgevision import flowers ~/photos                # ~/photos/<tag>/<image>.jpg
+  edgevision train flowers                          # quick: seconds; --mode advanced fine-tunes
+  edgevision evaluate flowers --threshold 0.7
+  edgevision predict flowers rose.jpg --json
+
+Projects live under $EDGEVISION_HOME (default ~/.edgevision); --home overrides it.
+exit codes: 0 ok, 1 failure, 2 usage error, 3 verification failed, 130 interrupted.
+"""
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to document the CLI)."""
+    p = argparse.ArgumentParser(
+        prog="edgevision",
+        description="Train compact image classifiers on your own photos, offline; evaluate them honestly.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--home", help="folder holding the projects (default: $EDGEVISION_HOME or ~/.edgevision)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    p.add_argument("--version", action="version", version="edgevision 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, **kw)
+
+    def json_flag(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+
+    # project
+    proj = cmd("project", "create, list, show or delete projects")
+    ps = proj.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = ps.add_parser("create", help="create a project")
+    q.add_argument("name")
+    q.add_argument("--type", default="multiclass", choices=["multiclass", "multilabel", "detection"],
+                   help="multiclass: one tag per image; multilabel: any number; detection: regions (default multiclass)")
+    q.add_argument("--domain", default=None, help="compact domain (see `edgevision domains`; default general-compact)")
+    q.add_argument("--description", default="")
+    json_flag(q)
+    q = ps.add_parser("list", help="list projects")
+    json_flag(q)
+    q = ps.add_parser("show", help="show a project's tags, image counts and iterations")
+    q.add_argument("name")
+    json_flag(q)
+    q = ps.add_parser("delete", help="delete a project with its images and iterations")
+    q.add_argument("name")
+    q.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    # tags
+    tag = cmd("tag", "list, create, rename or delete tags")
+    ts = tag.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = ts.add_parser("list", help="list tags with image counts")
+    q.add_argument("name")
+    json_flag(q)
+    q = ts.add_parser("create", help="create a tag ('Negative' = images with none of the tags)")
+    q.add_argument("name")
+    q.add_argument("tag")
+    q = ts.add_parser("rename", help="rename a tag")
+    q.add_argument("name")
+    q.add_argument("old")
+    q.add_argument("new")
+    q = ts.add_parser("delete", help="delete a tag (its images stay, without it)")
+    q.add_argument("name")
+    q.add_argument("tag")
+
+    # images
+    img = cmd("images", "add, list, re-tag or remove images")
+    is_ = img.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = is_.add_parser("add", help="add image files or folders, all with the given tags")
+    q.add_argument("name")
+    q.add_argument("paths", nargs="+", metavar="PATH")
+    q.add_argument("--tag", action="append", default=[], help="tag for every added image (repeatable)")
+    json_flag(q)
+    q = is_.add_parser("list", help="list images")
+    q.add_argument("name")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--tag", help="only images with this tag")
+    g.add_argument("--untagged", action="store_true", help="only images with no tag")
+    json_flag(q)
+    q = is_.add_parser("retag", help="replace an image's tags")
+    q.add_argument("name")
+    q.add_argument("image_id")
+    q.add_argument("--tag", action="append", default=[], help="new tag (repeatable; none = untagged)")
+    q = is_.add_parser("remove", help="remove images by id")
+    q.add_argument("name")
+    q.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
+
+    q = cmd("import", "import a labelled image set into a project")
+    q.add_argument("name")
+    q.add_argument("path", help="folder-per-tag root (ROOT/<tag>/<image>) or a CSV file (path,tag[;tag...])")
+    q.add_argument("--format", choices=["folder", "csv"], default=None, help="default: csv for a .csv file, else folder")
+    json_flag(q)
+
+    q = cmd("export-data", "write a project's images out as folder-per-tag or CSV")
+    q.add_argument("name")
+    q.add_argument("dest")
+    q.add_argument("--format", choices=["folder", "csv"], default="folder")
+
+    q = cmd("train", "train a new iteration")
+    q.add_argument("name")
+    q.add_argument("--mode", choices=["quick", "advanced"], default="quick",
+                   help="quick: linear head on cached pretrained features (seconds); "
+                        "advanced: fine-tune with augmentation within --budget")
+    q.add_argument("--budget", type=_positive_float, default=None, help="advanced mode time budget in minutes (default 10)")
+    q.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same iteration")
+    q.add_argument("--folds", type=int, default=None, help="cross-validation folds in quick mode (default 5)")
+    json_flag(q)
+
+    q = cmd("iterations", "list a project's iterations")
+    q.add_argument("name")
+    json_flag(q)
+    it = cmd("iteration", "show or delete one iteration")
+    its = it.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = its.add_parser("show", help="show an iteration's record and figures")
+    q.add_argument("name")
+    q.add_argument("number", type=int)
+    json_flag(q)
+    q = its.add_parser("delete", help="delete an iteration")
+    q.add_argument("name")
+    q.add_argument("number", type=int)
+
+    q = cmd("evaluate", "precision, recall and AP of an iteration (held-out images or an external set)")
+    q.add_argument("name")
+    q.add_argument("--iteration", type=int, default=None, help="iteration number (default: latest)")
+    q.add_argument("--data", default=None, help="external test set, folder-per-tag")
+    q.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold (default 0.5)")
+    json_flag(q)
+
+    q = cmd("predict", "predict tags for images with a trained iteration")
+    q.add_argument("name")
+    q.add_argument("images", nargs="+", metavar="IMAGE")
+    q.add_argument("--iteration", type=int, default=None, help="iteration number (default: latest)")
+    q.add_argument("--threshold", type=_probability, default=0.0, help="hide predictions below this probability")
+    json_flag(q)
+
+    q = cmd("domains", "list compact domains and whether their pretrained weights are installed")
+    json_flag(q)
+
+    q = cmd("demo", "generate a sample dataset, create a project, train, evaluate and predict")
+    q.add_argument("--images-per-tag", type=int, default=12, help="sample images per tag (default 12)")
+    return p
+
+
+# ---------------------------------------------------------------------------- handlers
+def _project(args: argparse.Namespace) -> Any:
+    from edgevision.store.project import Project
+
+    return Project.open(args.name, home=args.home)
+
+
+def _print_import(report: Any, as_json: bool) -> None:
+    from edgevision.cli.render import err, out, print_json
+    from rich.text import Text
+
+    if as_json:
+        print_json(report.to_dict())
+        return
+    out.print(f"added {len(report.added)} images"
+              + (f", {len(report.duplicates)} duplicates already in the project" if report.duplicates else "")
+              + (f", skipped {len(report.skipped)}" if report.skipped else ""))
+    if report.tags_created:
+        out.print(f"new tags: {', '.join(report.tags_created)}")
+    for path, reason in report.skipped[:50]:
+        err.print(Text.assemble(("skipped ", "yellow"), f"{path}: {reason}"))
+    if len(report.skipped) > 50:
+        err.print(f"… and {len(report.skipped) - 50} more skipped (use --json for the full list)")
+    for path, existing in report.duplicates[:10]:
+        err.print(f"duplicate {path} (already stored as image {existing[:8]})")
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import out, print_json
+    from edgevision.store.project import Project
+    from rich.table import Table
+
+    if args.action == "create":
+        project = Project.create(args.name, args.type, args.domain, description=args.description, home=args.home)
+        if args.json:
+            print_json(project.summary())
+        else:
+            out.print(f"created {project.type} project [bold]{project.name}[/] (domain {project.domain}) at {project.path}")
+            out.print(f"next: edgevision import {project.name} PATH")
+    elif args.action == "list":
+        projects = Project.list(home=args.home)
+        if args.json:
+            print_json([{"name": p.name, "type": p.type, "domain": p.domain, "images": p.image_count(),
+                         "iterations": len(p.iterations())} for p in projects])
+            return 0
+        if not projects:
+            out.print(f"no projects under {config.home(args.home)}; create one with `edgevision project create NAME`")
+            return 0
+        table = Table("name", "type", "domain", "images", "iterations")
+        for p in projects:
+            table.add_row(p.name, p.type, p.domain, str(p.image_count()), str(len(p.iterations())))
+        out.print(table)
+    elif args.action == "show":
+        s = _project(args).summary()
+        if args.json:
+            print_json(s)
+            return 0
+        out.print(f"[bold]{s['name']}[/] — {s['type']}, domain {s['domain']}, {s['images']} images "
+                  f"({s['untagged']} untagged), iterations: {', '.join(map(str, s['iterations'])) or 'none'}")
+        table = Table("tag", "images", "kind")
+        for t in s["tags"]:
+            table.add_row(t["name"], str(t["images"]), t["kind"])
+        out.print(table)
+    elif args.action == "delete":
+        project = _project(args)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise EdgevisionError(f"refusing to delete {args.name!r} without confirmation; add --yes")
+            answer = input(f"delete project {args.name!r} with {project.image_count()} images? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                out.print("kept")
+                return 1
+        project.delete()
+        out.print(f"deleted project {args.name}")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import out, print_json
+
+    project = _project(args)
+    if args.action == "list":
+        tags = project.tags()
+        if args.json:
+            print_json([{"id": t.id, "name": t.name, "kind": t.kind, "images": t.image_count} for t in tags])
+        else:
+            for t in tags:
+                out.print(f"{t.name}\t{t.image_count} images" + ("\t(negative)" if t.kind == "negative" else ""))
+    elif args.action == "create":
+        t = project.create_tag(args.tag)
+        out.print(f"created tag {t.name}")
+    elif args.action == "rename":
+        t = project.rename_tag(args.old, args.new)
+        out.print(f"renamed {args.old} → {t.name}")
+    elif args.action == "delete":
+        n = project.delete_tag(args.tag)
+        out.print(f"deleted tag {args.tag} (removed from {n} images)")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import out, print_json, progress_bar
+
+    project = _project(args)
+    if args.action == "add":
+        with progress_bar() as progress:
+            report = project.add_images(args.paths, args.tag, progress=progress)
+        _print_import(report, args.json)
+    elif args.action == "list":
+        records = project.images(args.tag, untagged=args.untagged)
+        if args.json:
+            print_json([{"id": r.id, "file": str(r.path), "original_name": r.original_name, "width": r.width,
+                         "height": r.height, "tags": list(r.tags)} for r in records])
+        else:
+            for r in records:
+                out.print(f"{r.id}\t{r.original_name}\t{r.width}x{r.height}\t{';'.join(r.tags) or '(untagged)'}")
+    elif args.action == "retag":
+        r = project.set_image_tags(args.image_id, args.tag)
+        out.print(f"{r.id}: {', '.join(r.tags) or '(untagged)'}")
+    elif args.action == "remove":
+        out.print(f"removed {project.remove_images(args.image_ids)} images")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import progress_bar
+
+    project = _project(args)
+    fmt = args.format or ("csv" if args.path.lower().endswith(".csv") else "folder")
+    with progress_bar() as progress:
+        if fmt == "csv":
+            report = project.import_csv(args.path, progress=progress)
+        else:
+            report = project.import_folder(args.path, progress=progress)
+    _print_import(report, args.json)
+    return 0 if report.added or report.duplicates or not report.skipped else 1
+
+
+def cmd_export_data(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import out
+
+    project = _project(args)
+    path = project.export_csv(args.dest) if args.format == "csv" else project.export_folder(args.dest)
+    out.print(f"wrote {project.image_count()} images to {path}")
+    return 0
+
+
+def _show_metrics(metrics: dict[str, Any], title: str) -> None:
+    from edgevision.cli.render import confusion_table, metrics_notes, metrics_table, out
+
+    out.print(metrics_table(metrics, title))
+    for line in metrics_notes(metrics):
+        out.print(line)
+    cm = confusion_table(metrics)
+    if cm is not None and len(metrics["tags"]) <= 12:
+        out.print(cm)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import out, print_json, progress_bar
+
+    project = _project(args)
+    with progress_bar() as progress:
+        iteration = project.train(args.mode, seed=args.seed, budget=args.budget, folds=args.folds, progress=progress)
+    if args.json:
+        print_json(iteration.summary())
+        return 0
+    info = iteration.info
+    out.print(f"iteration {iteration.number} trained ({info['mode']}, {info['image_count']} images, "
+              f"{info['duration_s']:.1f} s)")
+    _show_metrics(iteration.metrics, f"{project.name} · iteration {iteration.number}")
+    if info.get("note"):
+        out.print(info["note"])
+    out.print(f"next: edgevision predict {project.name} IMAGE   ·   edgevision evaluate {project.name} --threshold 0.7")
+    return 0
+
+
+def cmd_iterations(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import fmt, out, pct, print_json
+    from edgevision.iteration import iterations_table
+    from rich.table import Table
+
+    rows = iterations_table(_project(args).iterations())
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        out.print(f"no iterations yet; run `edgevision train {args.name}`")
+        return 0
+    table = Table("#", "created", "mode", "domain", "images", "seconds", "precision", "recall", "mAP", "top-1")
+    for r in rows:
+        table.add_row(str(r["number"]), r["created"], r["mode"], r["domain"], str(r["images"]), fmt(r["duration_s"], 1),
+                      pct(r["precision"]), pct(r["recall"]), pct(r["mean_average_precision"]), pct(r["accuracy"]))
+    out.print(table)
+    return 0
+
+
+def cmd_iteration(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import out, print_json
+
+    project = _project(args)
+    if args.action == "delete":
+        project.delete_iteration(args.number)
+        out.print(f"deleted iteration {args.number}")
+        return 0
+    it = project.iteration(args.number)
+    if args.json:
+        print_json(it.summary())
+        return 0
+    for key in ("id", "created", "mode", "domain", "seed", "duration_s", "image_count", "labels", "hyperparameters"):
+        out.print(f"{key}: {it.info.get(key)}")
+    _show_metrics(it.metrics, f"{project.name} · iteration {it.number}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import print_json
+
+    project = _project(args)
+    it = project.iteration(args.iteration)
+    metrics = it.evaluate(threshold=args.threshold, data=args.data).to_dict()
+    if args.json:
+        print_json({"project": project.name, "iteration": it.number, **metrics})
+    else:
+        _show_metrics(metrics, f"{project.name} · iteration {it.number}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import err, out, pct, print_json
+    from edgevision.errors import ImageRejectedError
+    from rich.text import Text
+    from runtimes.preprocess import ImageDecodeError
+
+    it = _project(args).iteration(args.iteration)
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            results.append((path, it.predict(Path(path), threshold=args.threshold)[0]))
+        except (ImageDecodeError, ImageRejectedError) as exc:
+            failed += 1
+            err.print(Text.assemble(("error: ", "red"), str(exc)))
+    if args.json:
+        print_json([r.to_dict() for _, r in results] if len(args.images) > 1 else (results[0][1].to_dict() if results else None))
+    else:
+        for path, r in results:
+            top = ", ".join(f"{p.tag_name} {pct(p.probability)}" for p in r.predictions[:5]) or "(nothing above threshold)"
+            out.print(f"{path}: {top}")
+    return 1 if failed else 0
+
+
+def cmd_domains(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import out, print_json
+    from edgevision.domains import list_domains
+    from rich.table import Table
+
+    domains = list_domains()
+    if args.json:
+        print_json([d.to_dict() for d in domains])
+        return 0
+    table = Table("domain", "backbone", "input", "params", "weights", "description")
+    for d in domains:
+        info = d.to_dict()
+        table.add_row(d.name, info["backbone"], f"{info['input_size']} px", f"{info['params'] / 1e6:.2f} M",
+                      "[green]installed[/]" if info["weights_installed"] else f"[red]missing[/]: {info['install']}",
+                      d.description)
+    out.print(table)
+    out.print("landmarks/retail/food-compact are augmentation presets on general-compact's backbone, "
+              "not separately pretrained models.")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgevision.cli.demo import run_demo
+
+    return run_demo(args)
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "project": cmd_project,
+    "tag": cmd_tag,
+    "images": cmd_images,
+    "import": cmd_import,
+    "export-data": cmd_export_data,
+    "train": cmd_train,
+    "iterations": cmd_iterations,
+    "iteration": cmd_iteration,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "domains": cmd_domains,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.home:
+        os.environ[config.HOME_ENV] = args.home
+    try:
+        return HANDLERS[args.command](args)
+    except EdgevisionError as exc:
+        from edgevision.cli.render import err
+        from rich.text import Text
+
+        err.print(Text.assemble(("error: ", "red"), str(exc)))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing half-done was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""SQLite schema and connection handling for one project (WAL, foreign keys, one transaction per change)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Iterator
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+    id      TEXT PRIMARY KEY,
+    name    TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    kind    TEXT NOT NULL DEFAULT 'regular' CHECK (kind IN ('regular', 'negative')),
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (
+    id            TEXT PRIMARY KEY,
+    sha256        TEXT NOT NULL UNIQUE,
+    file          TEXT NOT NULL,
+    original_name TEXT NOT NULL,
+    format        TEXT NOT NULL,
+    width         INTEGER NOT NULL,
+    height        INTEGER NOT NULL,
+    size_bytes    INTEGER NOT NULL,
+    created       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS image_tags (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    tag_id   TEXT NOT NULL REFERENCES tags(id) ON DELETE CASCADE,
+    PRIMARY KEY (image_id, tag_id)
+);
+CREATE INDEX IF NOT EXISTS image_tags_by_tag ON image_tags(tag_id);
+-- Regions are used by detection projects (normalised left, top, width, height).
+CREATE TABLE IF NOT EXISTS regions (
+    id       TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    tag_id   TEXT NOT NULL REFERENCES tags(id) ON DELETE CASCADE,
+    left_    REAL NOT NULL,
+    top      REAL NOT NULL,
+    width    REAL NOT NULL,
+    height   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS iterations (
+    number  INTEGER PRIMARY KEY,
+    id      TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    info    TEXT NOT NULL
+);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) a project database with WAL journaling and foreign keys on."""
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Run a block in one IMMEDIATE transaction: all of it is committed, or none (also on Ctrl-C)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

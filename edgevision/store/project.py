@@ -1,0 +1,629 @@
+"""Projects: tags, images (content-addressed files + SQLite rows), iterations; the API the CLI mirrors."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from edgevision import config
+from edgevision.errors import (
+    ImageRejectedError,
+    IterationNotFoundError,
+    ProjectExistsError,
+    ProjectNotFoundError,
+    TagError,
+    UsageError,
+)
+from edgevision.images import ImageInfo, inspect_image
+from edgevision.store import db
+
+if TYPE_CHECKING:
+    from edgevision.iteration import Iteration
+
+log = logging.getLogger(__name__)
+
+PROJECT_TYPES = ("multiclass", "multilabel", "detection")
+DEFAULT_DOMAIN = "general-compact"
+_DB_FILE = "project.sqlite"
+_IMPORT_MARKER = ".import-in-progress"
+_TAG_FORBIDDEN = set('/\\\0') | {chr(c) for c in range(32)}
+
+#: Called as ``progress(done, total, what)`` during long operations.
+Progress = Callable[[int, int, str], None]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A tag of a project. ``kind`` is ``regular`` or ``negative`` (the special ``Negative`` tag)."""
+
+    id: str
+    name: str
+    kind: str
+    image_count: int = 0
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A stored image: its id, file in the project store, original name, size and tags."""
+
+    id: str
+    sha256: str
+    path: Path
+    original_name: str
+    format: str
+    width: int
+    height: int
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImportItem:
+    """One file to import with its tags; ``origin`` says where it came from (e.g. ``list.csv:12``)."""
+
+    path: Path
+    tags: tuple[str, ...] = ()
+    origin: str = ""
+
+
+@dataclass
+class ImportReport:
+    """What an import did: added image ids, duplicates, skipped files with the reason, new tags."""
+
+    added: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (path, existing image id)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path or origin, reason)
+    tags_created: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": len(self.added),
+            "duplicates": [{"path": p, "existing_image": i} for p, i in self.duplicates],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "tags_created": self.tags_created,
+        }
+
+
+def check_tag_name(name: str) -> str:
+    """Validate a tag name (it may become a folder name on export).
+
+    Raises:
+        TagError: empty, longer than 256 characters, padded with spaces, '.'/'..', or containing
+            a path separator or a control character.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise TagError("tag names cannot be empty")
+    if name != name.strip():
+        raise TagError(f"tag {name!r}: remove the leading/trailing spaces")
+    if len(name) > 256 or name in (".", "..") or set(name) & _TAG_FORBIDDEN:
+        raise TagError(f"tag {name!r}: use up to 256 characters without '/', '\\' or control characters")
+    return name
+
+
+class Project:
+    """A custom-vision project stored under ``<home>/projects/<name>/``.
+
+    Create one with :meth:`create`, open one with :meth:`open`. Every change is one SQLite
+    transaction; image files are content-addressed under ``images/`` so a crash leaves at most
+    orphan files, which the next open removes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = db.connect(path / _DB_FILE)
+        meta = {row["key"]: row["value"] for row in self._conn.execute("SELECT key, value FROM meta")}
+        self.name: str = meta["name"]
+        self.type: str = meta["type"]
+        self.domain: str = meta["domain"]
+        self.description: str = meta.get("description", "")
+        self.created: str = meta["created"]
+        if (path / _IMPORT_MARKER).exists():
+            self._collect_garbage()
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        type: str = "multiclass",
+        domain: str | None = None,
+        *,
+        description: str = "",
+        home: str | os.PathLike | None = None,
+    ) -> "Project":
+        """Create a new, empty project.
+
+        Args:
+            name: 1-64 letters, digits, '.', '_' or '-'.
+            type: ``multiclass``, ``multilabel`` or ``detection``.
+            domain: a domain name from ``edgevision domains`` (default ``general-compact``).
+            description: free text shown by ``project show``.
+            home: edgevision home (default ``$EDGEVISION_HOME`` or ``~/.edgevision``).
+
+        Raises:
+            UsageError: bad name, type or domain. ProjectExistsError: the name is taken.
+        """
+        from edgevision.domains import get_domain
+
+        config.check_project_name(name)
+        if type not in PROJECT_TYPES:
+            raise UsageError(f"unknown project type {type!r}; choose one of {', '.join(PROJECT_TYPES)}")
+        domain = domain or DEFAULT_DOMAIN
+        get_domain(domain)  # raises UsageError with suggestions
+        root = config.home(home) / "projects"
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / name
+        if final.exists():
+            raise ProjectExistsError(f"project {name!r} already exists at {final}; pick another name or delete it")
+        # Build the project in a temporary folder and rename it into place, so a crash never
+        # leaves a project folder without its metadata.
+        tmp = root / f".creating-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            conn = db.connect(tmp / _DB_FILE)
+            with db.transaction(conn):
+                conn.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [
+                        ("name", name),
+                        ("type", type),
+                        ("domain", domain),
+                        ("description", description),
+                        ("created", _now()),
+                        ("schema_version", str(db.SCHEMA_VERSION)),
+                    ],
+                )
+            conn.close()
+            (tmp / "images").mkdir()
+            os.rename(tmp, final)
+        except FileExistsError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ProjectExistsError(f"project {name!r} already exists at {final}") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("created project %s (%s, %s) at %s", name, type, domain, final)
+        return cls(final)
+
+    @classmethod
+    def open(cls, name: str, *, home: str | os.PathLike | None = None) -> "Project":
+        """Open an existing project by name.
+
+        Raises:
+            ProjectNotFoundError: no such project (the message lists the ones that exist).
+        """
+        config.check_project_name(name)
+        path = config.home(home) / "projects" / name
+        if not (path / _DB_FILE).is_file():
+            known = [p.name for p in cls.list(home=home)]
+            hint = f"; existing projects: {', '.join(known)}" if known else "; create one with `edgevision project create`"
+            raise ProjectNotFoundError(f"no project named {name!r} under {path.parent}{hint}")
+        return cls(path)
+
+    @classmethod
+    def list(cls, *, home: str | os.PathLike | None = None) -> list["Project"]:
+        """All projects under the home folder, sorted by name."""
+        root = config.home(home) / "projects"
+        if not root.is_dir():
+            return []
+        return [cls(p) for p in sorted(root.iterdir()) if not p.name.startswith(".") and (p / _DB_FILE).is_file()]
+
+    def delete(self) -> None:
+        """Delete the project folder with its images, iterations and caches."""
+        self.close()
+        # Rename first: an interrupted delete leaves a hidden folder, never a half-deleted project.
+        trash = self.path.parent / f".deleting-{self.path.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(self.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
+
+    def __enter__(self) -> "Project":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Project({self.name!r}, type={self.type!r}, domain={self.domain!r})"
+
+    @property
+    def is_classification(self) -> bool:
+        return self.type in ("multiclass", "multilabel")
+
+    def summary(self) -> dict[str, Any]:
+        """Name, type, domain, counts per tag, untagged count and iterations, as plain data."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "domain": self.domain,
+            "description": self.description,
+            "created": self.created,
+            "path": str(self.path),
+            "images": self.image_count(),
+            "untagged": len(self.images(untagged=True)),
+            "tags": [{"id": t.id, "name": t.name, "kind": t.kind, "images": t.image_count} for t in self.tags()],
+            "iterations": [it.number for it in self.iterations()],
+        }
+
+    # ------------------------------------------------------------------ tags
+    def tags(self) -> list[Tag]:
+        """All tags with their image counts, in name order."""
+        rows = self._conn.execute(
+            "SELECT t.id, t.name, t.kind, COUNT(it.image_id) AS n FROM tags t "
+            "LEFT JOIN image_tags it ON it.tag_id = t.id GROUP BY t.id ORDER BY t.name COLLATE NOCASE"
+        )
+        return [Tag(r["id"], r["name"], r["kind"], r["n"]) for r in rows]
+
+    def get_tag(self, name: str) -> Tag:
+        """Find a tag by name (case-insensitive). Raises TagError listing known tags."""
+        for tag in self.tags():
+            if tag.name.lower() == name.lower():
+                return tag
+        known = ", ".join(t.name for t in self.tags()) or "none yet"
+        raise TagError(f"project {self.name!r} has no tag {name!r} (tags: {known})")
+
+    def create_tag(self, name: str) -> Tag:
+        """Create a tag. ``Negative`` creates the special negative tag (classification only).
+
+        Raises:
+            TagError: invalid or duplicate name, or Negative in a detection project.
+        """
+        with db.transaction(self._conn):
+            return self._create_tag(name)
+
+    def _create_tag(self, name: str) -> Tag:
+        check_tag_name(name)
+        kind = "negative" if name.lower() == config.NEGATIVE_TAG.lower() else "regular"
+        if kind == "negative":
+            if not self.is_classification:
+                raise TagError("the Negative tag is for classification projects; detection uses images without regions")
+            name = config.NEGATIVE_TAG
+        try:
+            tag_id = str(uuid.uuid4())
+            self._conn.execute(
+                "INSERT INTO tags(id, name, kind, created) VALUES (?, ?, ?, ?)", (tag_id, name, kind, _now())
+            )
+        except sqlite3.IntegrityError:
+            raise TagError(f"tag {name!r} already exists in project {self.name!r}") from None
+        return Tag(tag_id, name, kind)
+
+    def rename_tag(self, old: str, new: str) -> Tag:
+        """Rename a tag; its images keep it. The Negative tag cannot be renamed."""
+        tag = self.get_tag(old)
+        check_tag_name(new)
+        if tag.kind == "negative" or new.lower() == config.NEGATIVE_TAG.lower():
+            raise TagError(f"'{config.NEGATIVE_TAG}' is a reserved tag: it cannot be renamed or be a rename target")
+        try:
+            with db.transaction(self._conn):
+                self._conn.execute("UPDATE tags SET name = ? WHERE id = ?", (new, tag.id))
+        except sqlite3.IntegrityError:
+            raise TagError(f"tag {new!r} already exists in project {self.name!r}") from None
+        return self.get_tag(new)
+
+    def delete_tag(self, name: str) -> int:
+        """Delete a tag and remove it from its images (the images stay). Returns how many it had."""
+        tag = self.get_tag(name)
+        with db.transaction(self._conn):
+            self._conn.execute("DELETE FROM tags WHERE id = ?", (tag.id,))
+        return tag.image_count
+
+    # ------------------------------------------------------------------ images
+    def image_count(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def images(self, tag: str | None = None, *, untagged: bool = False) -> list[ImageRecord]:
+        """List images, all of them, those with ``tag``, or (``untagged=True``) those with no tag."""
+        if tag is not None and untagged:
+            raise UsageError("choose either a tag or untagged, not both")
+        sql = "SELECT i.* FROM images i"
+        args: tuple[Any, ...] = ()
+        if tag is not None:
+            sql += " JOIN image_tags it ON it.image_id = i.id WHERE it.tag_id = ?"
+            args = (self.get_tag(tag).id,)
+        elif untagged:
+            sql += " WHERE NOT EXISTS (SELECT 1 FROM image_tags it WHERE it.image_id = i.id)"
+        sql += " ORDER BY i.created, i.id"
+        names = self._image_tag_names()
+        return [self._record(r, names.get(r["id"], ())) for r in self._conn.execute(sql, args)]
+
+    def get_image(self, image_id: str) -> ImageRecord:
+        """Find an image by id (or a unique id prefix of at least 6 characters)."""
+        rows = self._conn.execute(
+            "SELECT * FROM images WHERE id = ? OR (length(?) >= 6 AND id LIKE ? || '%')", (image_id, image_id, image_id)
+        ).fetchall()
+        if len(rows) != 1:
+            what = "no image" if not rows else f"{len(rows)} images"
+            raise UsageError(f"{what} with id {image_id!r} in project {self.name!r}; see `edgevision images list`")
+        return self._record(rows[0], self._image_tag_names().get(rows[0]["id"], ()))
+
+    def _image_tag_names(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
+        for r in self._conn.execute(
+            "SELECT it.image_id, t.name FROM image_tags it JOIN tags t ON t.id = it.tag_id ORDER BY t.name COLLATE NOCASE"
+        ):
+            out.setdefault(r[0], []).append(r[1])
+        return {k: tuple(v) for k, v in out.items()}
+
+    def _record(self, row: sqlite3.Row, tags: tuple[str, ...]) -> ImageRecord:
+        return ImageRecord(
+            id=row["id"],
+            sha256=row["sha256"],
+            path=self.path / row["file"],
+            original_name=row["original_name"],
+            format=row["format"],
+            width=row["width"],
+            height=row["height"],
+            tags=tags,
+        )
+
+    def add_images(
+        self, paths: Iterable[str | os.PathLike], tags: Sequence[str] = (), *, progress: Progress | None = None
+    ) -> ImportReport:
+        """Add image files (folders are walked recursively), each with the same ``tags``.
+
+        Unreadable or unsupported files are reported in ``ImportReport.skipped`` and the rest goes
+        through; an image already in the project is reported as a duplicate and stored once.
+        """
+        from edgevision.datasets import expand_paths
+
+        items = [ImportItem(p, tuple(tags), str(p)) for p in expand_paths(paths)]
+        return self.import_items(items, progress=progress)
+
+    def import_items(self, items: Sequence[ImportItem], *, progress: Progress | None = None) -> ImportReport:
+        """Validate and store ``items`` in one transaction: all accepted images land, or none do.
+
+        Ctrl-C or a crash leaves the project as it was before the call (orphan files are removed).
+        """
+        report = ImportReport()
+        # Only the metadata is kept between the check and the write: holding every file's bytes
+        # would need gigabytes for a large import.
+        accepted: list[tuple[ImportItem, ImageInfo]] = []
+        for n, item in enumerate(items, 1):
+            if progress:
+                progress(n - 1, len(items), f"checking {item.path.name}")
+            try:
+                self._check_item_tags(item)
+                accepted.append((item, inspect_image(item.path)))
+            except (ImageRejectedError, TagError) as exc:
+                report.skipped.append((item.origin or str(item.path), str(exc)))
+        if progress:
+            progress(len(items), len(items), "checked")
+
+        marker = self.path / _IMPORT_MARKER
+        marker.touch()
+        written: list[Path] = []
+        try:
+            with db.transaction(self._conn):
+                tag_ids = {t.name.lower(): t.id for t in self.tags()}
+                seen: dict[str, str] = {}
+                for item, info in accepted:
+                    existing = seen.get(info.sha256) or self._image_id_by_hash(info.sha256)
+                    if existing:
+                        report.duplicates.append((str(item.path), existing))
+                        continue
+                    for tag in item.tags:
+                        if tag.lower() not in tag_ids:
+                            tag_ids[tag.lower()] = self._create_tag(tag).id
+                            report.tags_created.append(tag)
+                    data = item.path.read_bytes()
+                    if hashlib.sha256(data).hexdigest() != info.sha256:
+                        report.skipped.append((str(item.path), "file changed while it was being imported; import it again"))
+                        continue
+                    rel = Path("images") / info.sha256[:2] / (info.sha256 + info.extension)
+                    if _write_atomic(self.path / rel, data):
+                        written.append(self.path / rel)
+                    image_id = str(uuid.uuid4())
+                    self._conn.execute(
+                        "INSERT INTO images(id, sha256, file, original_name, format, width, height, size_bytes, created)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (image_id, info.sha256, rel.as_posix(), item.path.name, info.format, info.width,
+                         info.height, info.size_bytes, _now()),
+                    )
+                    self._conn.executemany(
+                        "INSERT INTO image_tags(image_id, tag_id) VALUES (?, ?)",
+                        [(image_id, tag_ids[t.lower()]) for t in dict.fromkeys(item.tags)],
+                    )
+                    seen[info.sha256] = image_id
+                    report.added.append(image_id)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            report.added.clear()
+            raise
+        finally:
+            marker.unlink(missing_ok=True)
+        return report
+
+    def _image_id_by_hash(self, sha256: str) -> str | None:
+        row = self._conn.execute("SELECT id FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        return row[0] if row else None
+
+    def _check_item_tags(self, item: ImportItem) -> None:
+        for tag in item.tags:
+            check_tag_name(tag)
+        self._check_tag_combination(item.tags, str(item.origin or item.path))
+
+    def _check_tag_combination(self, tags: Sequence[str], what: str) -> None:
+        if not tags:
+            return
+        if self.type == "detection":
+            raise TagError(f"{what}: detection projects tag regions, not whole images; add it without tags")
+        names = {t.lower() for t in tags}
+        negative = config.NEGATIVE_TAG.lower() in names
+        if negative and len(names) > 1:
+            raise TagError(f"{what}: '{config.NEGATIVE_TAG}' means 'none of the tags' and cannot be combined with other tags")
+        if self.type == "multiclass" and len(names) > 1:
+            raise TagError(
+                f"{what}: a multiclass image takes exactly one tag (got {', '.join(tags)}); "
+                "use a multilabel project for images with several tags"
+            )
+
+    def set_image_tags(self, image_id: str, tags: Sequence[str]) -> ImageRecord:
+        """Replace an image's tags (re-tag). Tags that do not exist yet are created."""
+        record = self.get_image(image_id)
+        self._check_tag_combination(tags, f"image {record.id}")
+        with db.transaction(self._conn):
+            self._conn.execute("DELETE FROM image_tags WHERE image_id = ?", (record.id,))
+            known = {t.name.lower(): t.id for t in self.tags()}
+            for tag in dict.fromkeys(tags):
+                tag_id = known.get(tag.lower()) or self._create_tag(tag).id
+                self._conn.execute("INSERT INTO image_tags(image_id, tag_id) VALUES (?, ?)", (record.id, tag_id))
+        return self.get_image(record.id)
+
+    def remove_images(self, image_ids: Iterable[str]) -> int:
+        """Remove images (rows, then their files). Returns how many were removed."""
+        records = [self.get_image(i) for i in image_ids]
+        with db.transaction(self._conn):
+            self._conn.executemany("DELETE FROM images WHERE id = ?", [(r.id,) for r in records])
+        for r in records:
+            r.path.unlink(missing_ok=True)
+        return len(records)
+
+    def _collect_garbage(self) -> None:
+        """Remove image files with no row (left by a crash during an import)."""
+        known = {row[0] for row in self._conn.execute("SELECT file FROM images")}
+        removed = 0
+        for path in (self.path / "images").rglob("*"):
+            if path.is_file() and path.relative_to(self.path).as_posix() not in known:
+                path.unlink(missing_ok=True)
+                removed += 1
+        (self.path / _IMPORT_MARKER).unlink(missing_ok=True)
+        if removed:
+            log.warning("removed %d image files left by an interrupted import in %s", removed, self.name)
+
+    # ------------------------------------------------------------------ import/export helpers
+    def import_folder(self, root: str | os.PathLike, *, progress: Progress | None = None) -> ImportReport:
+        """Import a folder-per-tag tree (``root/<tag>/**/<image>``); see :mod:`edgevision.datasets`."""
+        from edgevision.datasets import read_folder_per_tag
+
+        items, problems = read_folder_per_tag(Path(root))
+        report = self.import_items(items, progress=progress)
+        report.skipped[:0] = problems
+        return report
+
+    def import_csv(self, csv_path: str | os.PathLike, *, progress: Progress | None = None) -> ImportReport:
+        """Import a CSV of ``path,tag[;tag...]`` rows (paths relative to the CSV's folder)."""
+        from edgevision.datasets import read_csv
+
+        items, problems = read_csv(Path(csv_path))
+        report = self.import_items(items, progress=progress)
+        report.skipped[:0] = problems
+        return report
+
+    def export_folder(self, dest: str | os.PathLike) -> Path:
+        """Write the images out as folder-per-tag under ``dest`` (multi-tag images go in each folder)."""
+        from edgevision.datasets import write_folder_per_tag
+
+        return write_folder_per_tag(self.images(), Path(dest))
+
+    def export_csv(self, dest: str | os.PathLike) -> Path:
+        """Write ``dest/labels.csv`` and ``dest/images/`` so :meth:`import_csv` reads it back."""
+        from edgevision.datasets import write_csv
+
+        return write_csv(self.images(), Path(dest))
+
+    # ------------------------------------------------------------------ iterations
+    def iterations(self) -> list["Iteration"]:
+        """Trained iterations, oldest first."""
+        from edgevision.iteration import Iteration
+
+        rows = self._conn.execute("SELECT number, id, created, info FROM iterations ORDER BY number")
+        return [Iteration(self, r["number"], r["id"], r["created"], json.loads(r["info"])) for r in rows]
+
+    def iteration(self, number: int | None = None) -> "Iteration":
+        """One iteration by number; the latest when ``number`` is None.
+
+        Raises:
+            IterationNotFoundError: no such iteration (the message lists those that exist).
+        """
+        its = self.iterations()
+        if not its:
+            raise IterationNotFoundError(f"project {self.name!r} has no iterations yet; run `edgevision train {self.name}`")
+        if number is None:
+            return its[-1]
+        for it in its:
+            if it.number == number:
+                return it
+        raise IterationNotFoundError(
+            f"project {self.name!r} has no iteration {number} (iterations: {', '.join(str(i.number) for i in its)})"
+        )
+
+    def delete_iteration(self, number: int) -> None:
+        """Delete an iteration's row and folder."""
+        it = self.iteration(number)
+        with db.transaction(self._conn):
+            self._conn.execute("DELETE FROM iterations WHERE number = ?", (it.number,))
+        shutil.rmtree(it.path, ignore_errors=True)
+
+    def _next_iteration_number(self) -> int:
+        row = self._conn.execute("SELECT MAX(number) FROM iterations").fetchone()
+        return (row[0] or 0) + 1
+
+    def _commit_iteration(self, staging: Path, info: dict[str, Any]) -> "Iteration":
+        """Move a fully written iteration folder into place and record it, as one step."""
+        iterations_dir = self.path / "iterations"
+        iterations_dir.mkdir(exist_ok=True)
+        with db.transaction(self._conn):
+            number = self._next_iteration_number()
+            final = iterations_dir / str(number)
+            if final.exists():  # left by a crash between rename and commit: it has no row
+                shutil.rmtree(final)
+            info = {**info, "number": number}
+            (staging / "iteration.json").write_text(json.dumps(info, indent=2))
+            os.rename(staging, final)
+            try:
+                self._conn.execute(
+                    "INSERT INTO iterations(number, id, created, info) VALUES (?, ?, ?, ?)",
+                    (number, info["id"], info["created"], json.dumps(info)),
+                )
+            except BaseException:
+                os.rename(final, staging)
+                raise
+        return self.iteration(number)
+
+    def staging_dir(self) -> Path:
+        """A fresh folder to write an iteration into before :meth:`_commit_iteration`."""
+        base = self.path / "iterations"
+        base.mkdir(exist_ok=True)
+        for old in base.glob(".staging-*"):  # left by an interrupted training
+            shutil.rmtree(old, ignore_errors=True)
+        path = base / f".staging-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        return path
+
+    def train(self, mode: str = "quick", **options: Any) -> "Iteration":
+        """Train a new iteration; see :func:`edgevision.training.train` for the options."""
+        from edgevision.training import train
+
+        return train(self, mode=mode, **options)
+
+    def training_images(self) -> list[ImageRecord]:
+        """Tagged images (Negative included), the set training uses."""
+        return [r for r in self.images() if r.tags]
+
+
+def _write_atomic(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` via a temporary file; False if the file was already there."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+    return True

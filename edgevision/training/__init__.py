@@ -1,0 +1,208 @@
+"""Training a classifier iteration: quick (head on cached frozen features) or advanced (fine-tuning)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import shutil
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from edgevision.errors import UsageError
+from edgevision.evaluation import classification_metrics, summarise_folds
+from edgevision.training.data import (
+    TrainingSet,
+    build_training_set,
+    choose_folds,
+    stratified_folds,
+)
+from edgevision.training.head import L2_GRID, LinearHead, fit_linear_head, log_loss
+
+if TYPE_CHECKING:
+    from edgevision.iteration import Iteration
+    from edgevision.store.project import Project
+
+log = logging.getLogger(__name__)
+
+MODES = ("quick", "advanced")
+MODEL_FILE = "model.h5"
+LABELS_FILE = "labels.txt"
+EVALUATION_FILE = "evaluation.npz"
+DEFAULT_BUDGET_MINUTES = 10.0
+
+Progress = Callable[[int, int, str], None]
+
+
+def train(
+    project: "Project",
+    mode: str = "quick",
+    *,
+    seed: int = 0,
+    budget: float | None = None,
+    folds: int | None = None,
+    progress: Progress | None = None,
+) -> "Iteration":
+    """Train a new iteration of a classification project and store it.
+
+    Quick mode embeds every image once with the frozen pretrained backbone (cached by image hash),
+    fits a linear head, picks its weight decay by stratified k-fold cross-validation and reports
+    the out-of-fold figures (mean and std across folds). Advanced mode starts from the quick head
+    and fine-tunes the top of the backbone with augmentation, a cosine learning-rate schedule,
+    early stopping and a time budget; it reports figures on a stratified hold-out it never
+    trained on, and keeps the quick head if fine-tuning did not beat it on validation.
+
+    Args:
+        project: a multiclass or multilabel project with enough tagged images.
+        mode: ``quick`` or ``advanced``.
+        seed: makes splits and training reproducible.
+        budget: advanced mode's time budget in minutes (default 10).
+        folds: cross-validation folds for quick mode (default 5, at most the rarest tag's count).
+        progress: ``progress(done, total, what)`` callback.
+
+    Returns:
+        The new :class:`~edgevision.iteration.Iteration`.
+
+    Raises:
+        UsageError: bad mode/budget. NotEnoughDataError: too few images or tags.
+        WeightsNotInstalledError: the domain's weights package is missing.
+    """
+    if mode not in MODES:
+        raise UsageError(f"unknown training mode {mode!r}; choose one of {', '.join(MODES)}")
+    if budget is not None and not budget > 0:
+        raise UsageError(f"--budget must be a positive number of minutes, got {budget}")
+    if budget is not None and mode != "advanced":
+        raise UsageError("--budget applies to advanced training only; add --mode advanced")
+    ts = build_training_set(project)
+    from edgevision._tf import import_tf
+    from edgevision.domains import get_domain
+    from edgevision.training.embeddings import FeatureExtractor
+
+    tf, keras = import_tf()
+    keras.utils.set_random_seed(seed)
+    domain = get_domain(project.domain)
+    started = time.monotonic()
+    staging = project.staging_dir()
+    extractor = FeatureExtractor(domain, project.path / "cache" / "embeddings.sqlite")
+    try:
+        features = extractor.embed(ts.records, progress=progress)
+        if mode == "quick":
+            result = _quick(ts, features, extractor.model, seed=seed, folds=folds, progress=progress)
+        else:
+            from edgevision.training.advanced import fine_tune
+
+            result = fine_tune(
+                ts, features, extractor.model, domain,
+                seed=seed, budget_s=60.0 * (budget or DEFAULT_BUDGET_MINUTES), progress=progress,
+            )
+        model = result.pop("model")
+        with warnings.catch_warnings():
+            # HDF5 is called "legacy" by tf_keras, but it is the one file every converter reads.
+            warnings.simplefilter("ignore", UserWarning)
+            model.save(staging / MODEL_FILE, include_optimizer=False, save_format="h5")
+        (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in ts.labels), encoding="utf-8")
+        evaluation = result.pop("evaluation")
+        np.savez(staging / EVALUATION_FILE, **evaluation)
+        info = _info(project, ts, domain.name, mode, seed, time.monotonic() - started, result)
+        return project._commit_iteration(staging, info)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        extractor.close()
+
+
+def _info(project: "Project", ts: TrainingSet, domain: str, mode: str, seed: int, seconds: float, result: dict) -> dict:
+    import tensorflow as tf
+
+    per_tag = ts.targets.sum(axis=0).astype(int).tolist()
+    return {
+        "id": str(uuid.uuid4()),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "project": project.name,
+        "type": project.type,
+        "domain": domain,
+        "mode": mode,
+        "seed": seed,
+        "duration_s": round(seconds, 2),
+        "labels": ts.labels,
+        "tag_ids": ts.tag_ids,
+        "negative_class": ts.negative_class,
+        "image_count": len(ts.records),
+        "images_per_label": dict(zip(ts.labels, per_tag)),
+        "negative_images": int((~ts.targets.astype(bool).any(axis=1)).sum()),
+        "model_file": MODEL_FILE,
+        "labels_file": LABELS_FILE,
+        "software": {"python": platform.python_version(), "tensorflow": tf.__version__},
+        **result,
+    }
+
+
+def assemble_classifier(backbone: Any, head: LinearHead, name: str = "classifier") -> Any:
+    """Backbone (RGB 0..255 in, pooled features out) + the head as one Dense layer ``model_output``."""
+    from edgevision._tf import import_tf
+
+    _, keras = import_tf()
+    activation = "sigmoid" if head.multilabel else "softmax"
+    dense = keras.layers.Dense(head.kernel.shape[1], activation=activation, name="model_output")
+    outputs = dense(backbone.output)
+    dense.set_weights([head.kernel, head.bias])
+    return keras.Model(backbone.input, outputs, name=name)
+
+
+def _quick(
+    ts: TrainingSet, features: np.ndarray, backbone: Any, *, seed: int, folds: int | None, progress: Progress | None
+) -> dict[str, Any]:
+    multilabel = not ts.multiclass
+    k = choose_folds(ts.targets, folds)
+    fold_idx = stratified_folds(ts.strata(), k, seed)
+    fold_of = np.zeros(len(ts.records), dtype=int)
+    for f, idx in enumerate(fold_idx):
+        fold_of[idx] = f
+    best: tuple[float, float, np.ndarray] | None = None
+    steps = len(L2_GRID) * k
+    for gi, l2 in enumerate(L2_GRID):
+        oof = np.zeros_like(ts.targets)
+        for f in range(k):
+            if progress:
+                progress(gi * k + f, steps, f"cross-validating head (weight decay {l2:g}, fold {f + 1}/{k})")
+            tr, te = fold_of != f, fold_of == f
+            head = fit_linear_head(features[tr], ts.targets[tr], multilabel=multilabel, l2=l2)
+            oof[te] = head.predict(features[te])
+        loss = log_loss(oof, ts.targets, multilabel)
+        log.info("quick head l2=%g: out-of-fold log loss %.4f", l2, loss)
+        if best is None or loss < best[0] - 1e-9:
+            best = (loss, l2, oof)
+    assert best is not None
+    loss, l2, oof = best
+    if progress:
+        progress(steps, steps, f"cross-validated: weight decay {l2:g}")
+    head = fit_linear_head(features, ts.targets, multilabel=multilabel, l2=l2)
+    model = assemble_classifier(backbone, head)
+    per_fold = [
+        classification_metrics(oof[fold_of == f], ts.targets[fold_of == f], ts.labels,
+                               multiclass=ts.multiclass, scored=ts.scored)
+        for f in range(k)
+    ]
+    metrics = classification_metrics(oof, ts.targets, ts.labels, multiclass=ts.multiclass, scored=ts.scored)
+    metrics.folds = summarise_folds(per_fold)
+    metrics.method = f"{k}-fold cross-validation"
+    return {
+        "model": model,
+        "hyperparameters": {"head": "linear", "l2": l2, "l2_grid": list(L2_GRID), "folds": k,
+                            "steps": 400, "class_weight": True},
+        "evaluation_method": metrics.method,
+        "metrics": metrics.to_dict(),
+        "evaluation": {
+            "probabilities": oof.astype(np.float32),
+            "targets": ts.targets,
+            "image_ids": np.array([r.id for r in ts.records]),
+            "fold": fold_of,
+            "labels": np.array(ts.labels),
+        },
+    }

@@ -1,0 +1,147 @@
+"""The one image preprocessing function shared by the trainer, the exporters' checks and the device.
+
+Contract (ARCHITECTURE.md #1): fix EXIF orientation, convert any mode to RGB, resize (stretch, no crop)
+to the model's input size with the method the manifest records. Normalisation is *not* done here: it
+is baked into every model graph, so models take RGB pixel values 0..255 as float32.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import IO, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, IO[bytes], Image.Image, np.ndarray]
+
+#: Resize methods a manifest may name, mapped to Pillow filters.
+RESIZE_METHODS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "area": Image.Resampling.BOX,
+}
+DEFAULT_RESIZE = "bilinear"
+
+# Transparent pixels are composited on white: a logo or product cut-out on a transparent background
+# is shown on white by every viewer, and black would invent a dark background the user never saw.
+_BACKGROUND = (255, 255, 255)
+
+
+class ImageDecodeError(ValueError):
+    """An image could not be decoded; the message names the source and what to do."""
+
+
+def _describe(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray)):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Open an image lazily (header only) from a path, bytes, a binary file object or a PIL image.
+
+    Raises:
+        ImageDecodeError: the data is not an image Pillow can read.
+    """
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            return Image.open(io.BytesIO(bytes(source)))
+        if isinstance(source, (str, os.PathLike)):
+            return Image.open(Path(source))
+        return Image.open(source)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{_describe(source)}: not a readable image ({exc})") from exc
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageDecodeError(f"array of shape {array.shape}: expected HxW, HxWx3 or HxWx4")
+    if array.dtype != np.uint8:
+        # Float arrays are taken as 0..255 pixel values (the models' own input range).
+        array = np.clip(np.asarray(array, dtype=np.float64), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Return an RGB copy of ``image`` whatever its mode (grey, palette, CMYK, RGBA, 16-bit, ...)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Pillow's convert("RGB") clips 16-bit/32-bit values at 255 instead of scaling them.
+        data = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or data.max() > 255 else 255.0
+        grey = np.clip(data * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode == "F":
+        data = np.asarray(image, dtype=np.float64)
+        grey = np.clip(data * 255.0 if data.max() <= 1.0 else data, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, _BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """Decode an image fully, apply its EXIF orientation and convert it to RGB.
+
+    Args:
+        source: a path, raw bytes, a binary file object, a PIL image or a numpy array (HxW, HxWx3 or
+            HxWx4, uint8 or 0..255 floats).
+
+    Returns:
+        A decoded RGB PIL image (the first frame of an animated image).
+
+    Raises:
+        ImageDecodeError: corrupt, truncated or unsupported data.
+    """
+    image = open_image(source)
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"{_describe(source)}: cannot decode image ({exc})") from exc
+
+
+def resize(image: Image.Image, size: tuple[int, int], method: str = DEFAULT_RESIZE) -> Image.Image:
+    """Stretch ``image`` to ``size`` (width, height) with the named method, as the exports' clients do."""
+    try:
+        resample = RESIZE_METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown resize method {method!r}; expected one of {sorted(RESIZE_METHODS)}") from None
+    if image.size == tuple(size):
+        return image
+    return image.resize(tuple(size), resample=resample)
+
+
+def preprocess(source: ImageSource, size: tuple[int, int], method: str = DEFAULT_RESIZE) -> np.ndarray:
+    """Turn any image source into a model input: float32 array (height, width, 3) of RGB 0..255.
+
+    Args:
+        source: anything :func:`load_image` accepts.
+        size: model input (width, height).
+        method: resize method recorded in the model's manifest.
+
+    Returns:
+        ``np.ndarray`` of shape (height, width, 3), dtype float32, values 0..255.
+    """
+    image = resize(load_image(source), size, method)
+    return np.asarray(image, dtype=np.float32)
