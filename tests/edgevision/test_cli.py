@@ -1,0 +1,98 @@
+"""The CLI: spellings later issues rely on, JSON output, exit codes, light start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgevision.cli.main import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_commands(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("project", "import", "train", "iterations", "evaluate", "predict", "domains", "demo", "EDGEVISION_HOME"):
+        assert word in out
+
+
+def test_usage_errors_exit_2(capsys, home: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "x", "--threshold", "1.5"])
+    assert exc.value.code == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+    code, _, err = run(capsys, "project", "create", "../x")
+    assert code == 2 and "invalid project name" in err
+
+
+def test_project_lifecycle_json(capsys, home: Path, sample_dir: Path) -> None:
+    code, out, _ = run(capsys, "project", "create", "cli", "--type", "multiclass", "--json")
+    assert code == 0 and json.loads(out)["name"] == "cli"
+    code, out, _ = run(capsys, "import", "cli", str(sample_dir), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["added"] == 24 and sorted(report["tags_created"]) == ["circle", "square", "star", "triangle"]
+    code, out, _ = run(capsys, "import", "cli", str(sample_dir), "--json")
+    assert json.loads(out)["added"] == 0 and len(json.loads(out)["duplicates"]) == 24
+    code, out, _ = run(capsys, "project", "list", "--json")
+    assert [p["name"] for p in json.loads(out)] == ["cli"]
+    code, out, _ = run(capsys, "project", "show", "cli", "--json")
+    assert {t["name"]: t["images"] for t in json.loads(out)["tags"]}["star"] == 6
+    code, out, _ = run(capsys, "iterations", "cli", "--json")
+    assert code == 0 and json.loads(out) == []
+    code, _, err = run(capsys, "evaluate", "cli")
+    assert code == 1 and "no iterations yet" in err
+    code, _, err = run(capsys, "project", "show", "nope")
+    assert code == 1 and "no project named 'nope'" in err
+    code, _, _ = run(capsys, "project", "delete", "cli", "--yes")
+    assert code == 0 and not (home / "projects" / "cli").exists()
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_json(capsys, home: Path, sample_dir: Path, tmp_path: Path) -> None:
+    run(capsys, "project", "create", "cli")
+    run(capsys, "import", "cli", str(sample_dir))
+    code, out, _ = run(capsys, "train", "cli", "--seed", "3", "--folds", "3", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["number"] == 1 and info["seed"] == 3 and info["metrics"]["method"] == "3-fold cross-validation"
+    code, out, _ = run(capsys, "evaluate", "cli", "--threshold", "0.9", "--json")
+    m = json.loads(out)
+    assert m["threshold"] == 0.9 and m["iteration"] == 1 and len(m["tags"]) == 4
+    image = sorted((sample_dir / "star").iterdir())[0]
+    code, out, _ = run(capsys, "predict", "cli", str(image), "--json")
+    pred = json.loads(out)
+    assert code == 0 and pred["iteration"] == "1" and pred["predictions"][0]["tagName"] == "star"
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    code, out, err = run(capsys, "predict", "cli", str(image), str(bad), "--json")
+    assert code == 1 and len(json.loads(out)) == 1 and "bad.jpg" in err
+    code, out, _ = run(capsys, "iterations", "cli")
+    assert code == 0 and "quick" in out
+    code, out, _ = run(capsys, "iteration", "delete", "cli", "1")
+    code, _, err = run(capsys, "predict", "cli", str(image))
+    assert code == 1 and "no iterations" in err
+
+
+def test_light_commands_do_not_import_tensorflow(home: Path) -> None:
+    code = (
+        "import sys; from edgevision.cli.main import main; "
+        "rc = main(['domains', '--json']); "
+        "sys.exit(10 if 'tensorflow' in sys.modules else rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    domains = json.loads(result.stdout)
+    names = [d["name"] for d in domains]
+    assert names[:3] == ["general-compact", "general-compact-s1", "general-compact-mobilenetv2"]
+    assert {"landmarks-compact", "retail-compact", "food-compact"} <= set(names)
