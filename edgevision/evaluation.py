@@ -69,6 +69,7 @@ class ClassificationMetrics:
     confusion_labels: list[str] | None = None
     folds: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> {mean, std, n}
     method: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) not scored
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -85,6 +86,8 @@ class ClassificationMetrics:
             out["confusion_matrix"] = {"labels": self.confusion_labels, "matrix": self.confusion}
         if self.folds:
             out["folds"] = self.folds
+        if self.skipped:
+            out["skipped"] = [{"path": p, "reason": r} for p, r in self.skipped]
         return out
 
 

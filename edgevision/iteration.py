@@ -12,7 +12,7 @@ import numpy as np
 from edgevision.errors import UsageError
 from edgevision.evaluation import DEFAULT_THRESHOLD, ClassificationMetrics, classification_metrics, summarise_folds
 from runtimes.prediction import ImagePrediction, classification_predictions
-from runtimes.preprocess import ImageSource, preprocess
+from runtimes.preprocess import ImageDecodeError, ImageSource, load_image, preprocess
 
 if TYPE_CHECKING:
     from edgevision.store.project import Project
@@ -143,8 +143,16 @@ class Iteration:
                 f"{root}: tag folders {', '.join(unknown)} are not tags of iteration {self.number} "
                 f"(tags: {', '.join(self.labels)}); rename or remove them"
             )
+        readable = []
+        for item in items:
+            try:
+                load_image(item.path)  # unreadable test images are reported, not fatal
+                readable.append(item)
+            except ImageDecodeError as exc:
+                problems.append((str(item.path), str(exc)))
+        items = readable
         if not items:
-            raise UsageError(f"{root}: no images found in its tag folders")
+            raise UsageError(f"{root}: no readable images found in its tag folders")
         targets = np.zeros((len(items), len(self.labels)), dtype=np.float32)
         for i, item in enumerate(items):
             for t in item.tags:
@@ -153,6 +161,7 @@ class Iteration:
         probs = self.predict_probabilities([it.path for it in items])
         metrics = classification_metrics(probs, targets, self.labels, multiclass=multiclass, threshold=threshold, scored=scored)
         metrics.method = f"external test set {root} ({len(items)} images, {len(problems)} files skipped)"
+        metrics.skipped = problems
         return metrics
 
 

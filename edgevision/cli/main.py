@@ -439,13 +439,20 @@ def cmd_domains(args: argparse.Namespace) -> int:
     if args.json:
         print_json([d.to_dict() for d in domains])
         return 0
-    table = Table("domain", "backbone", "input", "params", "weights", "description")
+    table = Table("domain", "backbone", "input", "params", "weights")
+    table.columns[0].no_wrap = True
+    missing = []
     for d in domains:
         info = d.to_dict()
+        if not info["weights_installed"]:
+            missing.append(info["install"])
         table.add_row(d.name, info["backbone"], f"{info['input_size']} px", f"{info['params'] / 1e6:.2f} M",
-                      "[green]installed[/]" if info["weights_installed"] else f"[red]missing[/]: {info['install']}",
-                      d.description)
+                      "[green]installed[/]" if info["weights_installed"] else "[red]missing[/]")
     out.print(table)
+    for d in domains:
+        out.print(f"{d.name}: {d.description}")
+    for hint in dict.fromkeys(missing):
+        out.print(f"to install missing weights: {hint}")
     out.print("landmarks/retail/food-compact are augmentation presets on general-compact's backbone, "
               "not separately pretrained models.")
     return 0

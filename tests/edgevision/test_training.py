@@ -77,8 +77,10 @@ def test_threshold_changes_figures_without_retraining(trained) -> None:
 def test_evaluate_external_folder(trained, tmp_path: Path) -> None:
     _, it = trained
     data = write_sample_dataset(tmp_path / "test", per_tag=2, seed=7)
+    (data / "star" / "broken.png").write_bytes(b"not a png")
     m = it.evaluate(data=data)
     assert m.images == 8 and "external" in m.method
+    assert [Path(p).name for p, _ in m.skipped] == ["broken.png"]
     (data / "hexagon").mkdir()
     make_image("circle", np.random.default_rng(3)).save(data / "hexagon" / "h.png")
     with pytest.raises(UsageError, match="hexagon"):
