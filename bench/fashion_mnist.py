@@ -1,4 +1,4 @@
-"""Few-shot accuracy benchmark on Fashion-MNIST (real photos of clothing, 28x28 greyscale).
+"""Few-shot accuracy benchmark on Fashion-MNIST (Zalando product photos, 28x28 greyscale).
 
 What it measures
 ----------------

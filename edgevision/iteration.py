@@ -17,7 +17,7 @@ from runtimes.preprocess import ImageDecodeError, ImageSource, load_image, prepr
 if TYPE_CHECKING:
     from edgevision.store.project import Project
 
-PREDICT_BATCH = 16
+PREDICT_BATCH = 32
 
 
 class Iteration:
@@ -30,6 +30,7 @@ class Iteration:
         self.created = created
         self.info = info
         self._model: Any = None
+        self._predict_fn: Any = None
 
     def __repr__(self) -> str:
         return f"Iteration({self.project.name!r}, {self.number}, mode={self.mode!r})"
@@ -73,12 +74,17 @@ class Iteration:
 
     def predict_probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Class probabilities (N, C) for images, preprocessed by the shared runtime function."""
-        model = self.load_model()
+        if self._predict_fn is None:
+            from edgevision._tf import import_tf
+
+            tf, _ = import_tf()
+            model = self.load_model()
+            self._predict_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         size = (self.input_size, self.input_size)
         out = []
         for start in range(0, len(images), PREDICT_BATCH):
             batch = np.stack([preprocess(im, size) for im in images[start : start + PREDICT_BATCH]])
-            out.append(np.asarray(model(batch, training=False), dtype=np.float32))
+            out.append(np.asarray(self._predict_fn(batch), dtype=np.float32))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     def predict(self, images: Sequence[ImageSource] | ImageSource, *, threshold: float = 0.0) -> list[ImagePrediction]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
-# Before any test imports TensorFlow: Keras 2 API, quiet, reproducible (see edgevision/_tf.py).
+# Before any test imports TensorFlow: Keras 2 API, quiet (see edgevision/_tf.py).
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from pathlib import Path
 

@@ -613,8 +613,12 @@ class Project:
         return train(self, mode=mode, **options)
 
     def training_images(self) -> list[ImageRecord]:
-        """Tagged images (Negative included), the set training uses."""
-        return [r for r in self.images() if r.tags]
+        """Tagged images (Negative included), the set training uses, in content-hash order.
+
+        Ordering by hash (not import time or random ids) makes folds and splits depend only on
+        the images and the seed, so re-importing the same data gives the same iteration.
+        """
+        return sorted((r for r in self.images() if r.tags), key=lambda r: r.sha256)
 
 
 def _write_atomic(path: Path, data: bytes) -> bool:

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
     from edgevision.store.project import ImageRecord
 
 # Bump when the feature computation changes so stale cache rows are never reused.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
+#: How many stage outputs below the top are pooled into the features (see feature_model).
+EXTRA_STAGES = 3
 BATCH = 32
 VIEWS = ("plain", "hflip")
 
@@ -64,12 +66,42 @@ def load_batch(paths: Sequence[Path], size: int, hflip: bool = False) -> np.ndar
     return out
 
 
+def feature_model(backbone: Any) -> Any:
+    """The backbone with the pooled outputs of its last stages concatenated to the pooled top.
+
+    Images far from ImageNet (greyscale product shots, textures) are better separated by mid-level
+    features: on the Fashion-MNIST benchmark (bench/) adding the last three stage outputs raised
+    linear-probe top-1 by ~1.5 points. Only built-in layers are added, so the model still saves,
+    loads and converts without custom objects.
+    """
+    from edgevision._tf import import_tf
+
+    _, keras = import_tf()
+    names = {layer.name for layer in backbone.layers}
+    blocks = sorted(int(n[5:-len("_project_bn")]) for n in names if n.startswith("block") and n.endswith("_project_bn"))
+
+    def output(i: int) -> Any:  # a block's output: after its residual add when it has one
+        return backbone.get_layer(f"block{i}_add" if f"block{i}_add" in names else f"block{i}_project_bn").output
+
+    channels = {i: output(i).shape[-1] for i in blocks}
+    stage_ends = [i for i, j in zip(blocks, blocks[1:]) if channels[i] != channels[j]]
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"pool_block{i}")(output(i)) for i in stage_ends[-EXTRA_STAGES:]]
+    features = keras.layers.Concatenate(name="features")([backbone.output, *pooled])
+    return keras.Model(backbone.input, features, name=f"{backbone.name}_features")
+
+
 class FeatureExtractor:
     """Runs a domain's pretrained backbone (frozen) and caches pooled features per image."""
 
     def __init__(self, domain: "Domain", cache_path: Path | None) -> None:
+        from edgevision._tf import import_tf
+
+        tf, _ = import_tf()
         self.domain = domain
-        self.model: Any = domain.backbone.build(include_top=False)
+        self.model: Any = feature_model(domain.backbone.build(include_top=False))
+        # A compiled call is ~2x faster than eager Model.__call__ on CPU; reduce_retracing keeps
+        # the short last batch from compiling a second graph.
+        self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
         self.cache = EmbeddingCache(cache_path) if cache_path else None
 
     def key(self, view: str) -> str:
@@ -93,7 +125,7 @@ class FeatureExtractor:
             if progress:
                 progress(start, len(missing), f"embedding images ({view})")
             batch = load_batch([r.path for r in chunk], self.domain.input_size, hflip=view == "hflip")
-            feats = np.asarray(self.model(batch, training=False), dtype=np.float32)
+            feats = np.asarray(self._run(batch), dtype=np.float32)
             new = {r.sha256: f for r, f in zip(chunk, feats)}
             have.update(new)
             if self.cache:
