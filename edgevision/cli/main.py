@@ -433,22 +433,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_domains(args: argparse.Namespace) -> int:
     from edgevision.cli.render import out, print_json
     from edgevision.domains import list_domains
-    from rich.table import Table
 
     domains = list_domains()
     if args.json:
         print_json([d.to_dict() for d in domains])
         return 0
-    table = Table("domain", "backbone", "input", "params", "weights")
-    table.columns[0].no_wrap = True
+    rows = [("domain", "backbone", "input", "params", "float32", "weights")]
     missing = []
     for d in domains:
         info = d.to_dict()
         if not info["weights_installed"]:
             missing.append(info["install"])
-        table.add_row(d.name, info["backbone"], f"{info['input_size']} px", f"{info['params'] / 1e6:.2f} M",
-                      "[green]installed[/]" if info["weights_installed"] else "[red]missing[/]")
-    out.print(table)
+        rows.append((d.name, info["backbone"], f"{info['input_size']} px", f"{info['params'] / 1e6:.2f} M",
+                     f"{info['float32_mb']:.1f} MB", "yes" if info["weights_installed"] else "MISSING"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        out.print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), style="bold" if n == 0 else None,
+                  markup=False, soft_wrap=True)
     for d in domains:
         out.print(f"{d.name}: {d.description}")
     for hint in dict.fromkeys(missing):

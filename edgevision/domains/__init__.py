@@ -116,6 +116,7 @@ class Domain:
             "backbone": b.name,
             "input_size": b.input_size,
             "params": b.params,
+            "float32_mb": round(b.params * 4 / 2**20, 1),  # weights alone, before any quantization
             "weights_package": b.weights_package,
             "weights_installed": self.weights_installed(),
             "install": b.install_hint,
@@ -185,7 +186,7 @@ for _d in (
            BACKBONES["efficientnet-lite0"], _GENERAL_AUG),
     Domain("general-compact-s1", "General photos, more accurate and slower; EfficientNet-Lite2.",
            BACKBONES["efficientnet-lite2"], _GENERAL_AUG),
-    Domain("general-compact-mobilenetv2", "General photos; MobileNetV2 1.0, the smallest int8 model.",
+    Domain("general-compact-mobilenetv2", "General photos; MobileNetV2 1.0, the smallest backbone.",
            BACKBONES["mobilenet-v2"], _GENERAL_AUG),
     Domain("landmarks-compact", "Preset for buildings and landscapes: no vertical flips, mild rotation, strong light changes.",
            BACKBONES["efficientnet-lite0"],

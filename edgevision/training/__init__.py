@@ -98,7 +98,7 @@ def train(
 
             result = fine_tune(
                 ts, features, extractor.model, domain,
-                seed=seed, budget_s=60.0 * (budget or DEFAULT_BUDGET_MINUTES), progress=progress,
+                seed=seed, budget_s=60.0 * (budget or DEFAULT_BUDGET_MINUTES), started=started, progress=progress,
             )
         model = result.pop("model")
         with warnings.catch_warnings():

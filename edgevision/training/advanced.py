@@ -104,14 +104,19 @@ def fine_tune(
     *,
     seed: int,
     budget_s: float,
+    started: float | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune and evaluate on a stratified hold-out; see :func:`edgevision.training.train`."""
+    """Fine-tune and evaluate on a stratified hold-out; see :func:`edgevision.training.train`.
+
+    The budget counts from ``started`` (the start of the whole training, embedding included);
+    only saving and scoring the hold-out come after it.
+    """
     from edgevision._tf import import_tf
     from edgevision.training import assemble_classifier
 
     tf, keras = import_tf()
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     multilabel = not ts.multiclass
     strata = ts.strata()
     rest, test = stratified_split(strata, TEST_FRACTION, seed)

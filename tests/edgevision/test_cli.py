@@ -96,3 +96,32 @@ def test_light_commands_do_not_import_tensorflow(home: Path) -> None:
     names = [d["name"] for d in domains]
     assert names[:3] == ["general-compact", "general-compact-s1", "general-compact-mobilenetv2"]
     assert {"landmarks-compact", "retail-compact", "food-compact"} <= set(names)
+
+
+def test_tag_and_image_commands(capsys, home: Path, sample_dir: Path, tmp_path: Path) -> None:
+    run(capsys, "project", "create", "ml", "--type", "multilabel")
+    circles = sorted((sample_dir / "circle").iterdir())
+    code, out, _ = run(capsys, "images", "add", "ml", str(circles[0]), str(circles[1]), "--tag", "round", "--tag", "shape", "--json")
+    assert code == 0 and json.loads(out)["added"] == 2
+    code, out, _ = run(capsys, "images", "add", "ml", str(sample_dir / "square"), "--json")
+    assert json.loads(out)["added"] == 6
+    code, out, _ = run(capsys, "images", "list", "ml", "--untagged", "--json")
+    untagged = json.loads(out)
+    assert len(untagged) == 6
+    code, out, _ = run(capsys, "images", "retag", "ml", untagged[0]["id"], "--tag", "angular")
+    assert code == 0 and "angular" in out
+    code, out, _ = run(capsys, "tag", "rename", "ml", "round", "curved")
+    code, out, _ = run(capsys, "tag", "list", "ml", "--json")
+    assert {t["name"]: t["images"] for t in json.loads(out)} == {"angular": 1, "curved": 2, "shape": 2}
+    code, out, _ = run(capsys, "images", "list", "ml", "--tag", "curved", "--json")
+    assert [sorted(i["tags"]) for i in json.loads(out)] == [["curved", "shape"]] * 2
+    code, _, _ = run(capsys, "images", "remove", "ml", untagged[1]["id"])
+    code, _, _ = run(capsys, "tag", "delete", "ml", "shape")
+    code, out, _ = run(capsys, "project", "show", "ml", "--json")
+    shown = json.loads(out)
+    assert shown["images"] == 7 and [t["name"] for t in shown["tags"]] == ["angular", "curved"]
+    code, _, _ = run(capsys, "export-data", "ml", str(tmp_path / "out"), "--format", "csv")
+    assert code == 0 and (tmp_path / "out" / "labels.csv").is_file()
+    code, _, err = run(capsys, "tag", "create", "ml", "Negative")
+    code, _, err = run(capsys, "images", "retag", "ml", untagged[2]["id"], "--tag", "Negative", "--tag", "curved")
+    assert code == 1 and "cannot be combined" in err
