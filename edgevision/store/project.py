@@ -344,7 +344,9 @@ class Project:
     def get_image(self, image_id: str) -> ImageRecord:
         """Find an image by id (or a unique id prefix of at least 6 characters)."""
         rows = self._conn.execute(
-            "SELECT * FROM images WHERE id = ? OR (length(?) >= 6 AND id LIKE ? || '%')", (image_id, image_id, image_id)
+            # substr, not LIKE: an id typed by a user must not act as a wildcard pattern
+            "SELECT * FROM images WHERE id = ? OR (length(?) >= 6 AND substr(id, 1, length(?)) = ?)",
+            (image_id, image_id, image_id, image_id),
         ).fetchall()
         if len(rows) != 1:
             what = "no image" if not rows else f"{len(rows)} images"

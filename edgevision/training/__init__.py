@@ -23,6 +23,7 @@ from edgevision.training.data import (
     stratified_folds,
 )
 from edgevision.training.head import L2_GRID, LinearHead, fit_linear_head, log_loss
+from edgevision.training.head import STEPS as HEAD_STEPS
 
 if TYPE_CHECKING:
     from edgevision.iteration import Iteration
@@ -195,7 +196,7 @@ def _quick(
     return {
         "model": model,
         "hyperparameters": {"head": "linear", "l2": l2, "l2_grid": list(L2_GRID), "folds": k,
-                            "steps": 400, "class_weight": True},
+                            "steps": HEAD_STEPS, "class_weight": True},
         "evaluation_method": metrics.method,
         "metrics": metrics.to_dict(),
         "evaluation": {
