@@ -96,6 +96,13 @@ def _set_trainable(backbone: Any, keras: Any) -> int:
     return trainable
 
 
+def _validation_score(probabilities: np.ndarray, ts: TrainingSet, idx: np.ndarray) -> float:
+    """Top-1 accuracy (multiclass) or mean AP (multilabel) on the validation images; higher is better."""
+    m = classification_metrics(probabilities, ts.targets[idx], ts.labels, multiclass=ts.multiclass, scored=ts.scored)
+    value = m.accuracy if ts.multiclass else m.mean_average_precision
+    return -1.0 if value is None or np.isnan(value) else float(value)
+
+
 def fine_tune(
     ts: TrainingSet,
     features: np.ndarray,
@@ -129,6 +136,7 @@ def fine_tune(
         head = fit_linear_head(features[train_idx], ts.targets[train_idx], multilabel=multilabel, l2=l2)
         candidates.append((log_loss(head.predict(features[val_idx]), ts.targets[val_idx], multilabel), l2, head))
     quick_val_loss, l2, head = min(candidates, key=lambda c: c[0])
+    quick_val_score = _validation_score(head.predict(features[val_idx]), ts, val_idx)
     original = backbone.get_weights()
     model = assemble_classifier(backbone, head)
 
@@ -160,15 +168,19 @@ def fine_tune(
                         verbose=0)
     epochs = len(history.history.get("loss", []))
     tuned_val = model.predict(x_val, batch_size=BATCH, verbose=0)
-    tuned_val_loss = log_loss(tuned_val, y_val, multilabel)
+    tuned_val_score = _validation_score(tuned_val, ts, val_idx)
 
-    # 3. keep whichever generalises better on validation; never ship a fine-tune that made it worse
-    kept = "fine-tuned" if tuned_val_loss < quick_val_loss else "quick head"
+    # 3. keep whichever does better on validation; never ship a fine-tune that made it worse.
+    # Compared by accuracy (multiclass) or mAP (multilabel), not by loss: label smoothing makes
+    # the fine-tuned model's probabilities less extreme, which raises its loss even when it ranks
+    # and classifies better.
+    kept = "fine-tuned" if tuned_val_score > quick_val_score else "quick head"
     if kept == "quick head":
         backbone.set_weights(original)
         model = assemble_classifier(backbone, head)
+    what = "accuracy" if ts.multiclass else "mAP"
     note = (f"fine-tuning ran {epochs} epochs ({'stopped by the time budget' if budget.stopped else 'early stopping'});"
-            f" validation loss quick {quick_val_loss:.4f} vs fine-tuned {tuned_val_loss:.4f}: kept the {kept}")
+            f" validation {what} quick {quick_val_score:.4f} vs fine-tuned {tuned_val_score:.4f}: kept the {kept}")
     log.info(note)
 
     x_test = load_batch([r.path for r in subset(ts.records, test)], size)
