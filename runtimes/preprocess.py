@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Union
 
 import numpy as np
+from numpy.typing import DTypeLike
 from PIL import Image, ImageOps
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, IO[bytes], Image.Image, np.ndarray]
@@ -132,16 +133,28 @@ def resize(image: Image.Image, size: tuple[int, int], method: str = DEFAULT_RESI
     return image.resize(tuple(size), resample=resample)
 
 
-def preprocess(source: ImageSource, size: tuple[int, int], method: str = DEFAULT_RESIZE) -> np.ndarray:
-    """Turn any image source into a model input: float32 array (height, width, 3) of RGB 0..255.
+def preprocess(
+    source: ImageSource, size: tuple[int, int], method: str = DEFAULT_RESIZE, dtype: DTypeLike = np.float32
+) -> np.ndarray:
+    """Turn any image source into a model input: array (height, width, 3) of RGB 0..255.
 
     Args:
         source: anything :func:`load_image` accepts.
         size: model input (width, height).
         method: resize method recorded in the model's manifest.
+        dtype: float32 (default: what models take) or uint8 (the very same pixel values, a quarter of
+            the memory; the device runtime converts them once, straight into the model's own dtype).
 
     Returns:
-        ``np.ndarray`` of shape (height, width, 3), dtype float32, values 0..255.
+        ``np.ndarray`` of shape (height, width, 3), values 0..255.
     """
+    if (
+        isinstance(source, np.ndarray) and source.dtype == np.uint8 and source.ndim == 3 and source.shape[2] == 3
+        and (source.shape[1], source.shape[0]) == tuple(size)
+    ):
+        # Already what the steps below would give (an array has no EXIF, RGB needs no conversion,
+        # the size needs no resize): skip the round trip through PIL, which costs more than the
+        # runtime's whole budget over the engine call for a camera frame of the model's size.
+        return np.array(source, dtype=dtype)
     image = resize(load_image(source), size, method)
-    return np.asarray(image, dtype=np.float32)
+    return np.asarray(image, dtype=dtype)

@@ -103,3 +103,17 @@ def test_runtimes_never_imports_tensorflow() -> None:
            "bad = [m for m in ('tensorflow', 'tf_keras', 'keras', 'edgevision') if m in sys.modules]; " \
            "sys.exit(1 if bad else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_model_sized_rgb_array_takes_the_fast_path_with_the_same_values() -> None:
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    via_pil = np.asarray(load_image(Image.fromarray(array)).resize((30, 20)), dtype=np.float32)
+    for dtype in (np.float32, np.uint8):
+        out = preprocess(array, (30, 20), dtype=dtype)
+        assert out.dtype == dtype and out.shape == (20, 30, 3)
+        np.testing.assert_array_equal(out, via_pil)
+        assert not np.shares_memory(out, array)
+    sliced = np.ascontiguousarray(np.concatenate([array, array], axis=1))[:, ::2]  # non-contiguous view
+    via_image = preprocess(Image.fromarray(np.ascontiguousarray(sliced)), (30, 20))
+    np.testing.assert_array_equal(preprocess(sliced, (30, 20)), via_image)
