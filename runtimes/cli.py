@@ -34,7 +34,7 @@ examples:
   {PROG} predict exports/flowers-onnx.zip photos/*.jpg --json --threshold 0.1
   {PROG} predict model.tflite rose.jpg --task multilabel      # bare model + labels.txt
   {PROG} serve exports/flowers-tflite --port 8080 --api-key s3cret
-  curl -s -H 'Prediction-Key: s3cret' --data-binary @rose.jpg http://127.0.0.1:8080/image
+  curl -s -H 'Prediction-Key: s3cret' -F imageData=@rose.jpg http://127.0.0.1:8080/image
 """
 
 # LiteRT's C++ core prints this on every interpreter it creates; it tells the user nothing.
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"""examples:
   {PROG} serve exports/flowers-tflite
   {API_KEY_ENV}=s3cret {PROG} serve exports/flowers-tflite --host 0.0.0.0 --port 80
-  curl -s --data-binary @rose.jpg http://127.0.0.1:8080/image""",
+  curl -s -H 'Content-Type: application/octet-stream' --data-binary @rose.jpg http://127.0.0.1:8080/image""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
