@@ -21,7 +21,7 @@ the JPEG once, timed with ``time.perf_counter`` around ``subprocess.run`` (media
 runs, default 3), with the child's peak RSS (``ru_maxrss``) and its own import / load / first
 prediction split.
 
-The exports are built first (train + convert with ``bench/_scaffold_exports.py``, about 40 s) in a
+The exports are built first (train + ``exporters.export_iteration``, verified, about 40 s) in a
 child process, because that needs TensorFlow; the measuring process never imports it. ``--exports
 DIR`` reuses folders built earlier with ``--keep DIR``.
 
@@ -59,8 +59,6 @@ def build_exports(dest: Path) -> None:
     """Train the sample project (quick, 2 folds) and convert it; runs in a child process (TensorFlow)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, str(HERE))
-    import _scaffold_exports
     from edgevision.datasets.sample import write_sample_dataset
     from edgevision.store.project import Project
 
@@ -68,7 +66,10 @@ def build_exports(dest: Path) -> None:
     project = Project.create("shapes", "multiclass", home=dest / "home")
     project.import_folder(sample)
     iteration = project.train("quick", folds=2)
-    _scaffold_exports.export_iteration(iteration, dest, sorted(sample.rglob("*.png")))
+    # Folder names the measuring code reads: tflite-fp32, tflite-int8 (uint8 I/O), onnx.
+    for folder, fmt, flavor in (("tflite-fp32", "tflite", "float32"), ("tflite-int8", "tflite", "int8"),
+                                ("onnx", "onnx", "float32")):
+        iteration.export(fmt, flavor=flavor, out=dest / folder)
     project.close()
 
 

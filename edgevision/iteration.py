@@ -107,6 +107,29 @@ class Iteration:
             for p in probs
         ]
 
+    # ------------------------------------------------------------------ export
+    def export(self, format: str, *, flavor: str | None = None, out: str | os.PathLike | None = None,
+               options: dict[str, Any] | None = None, zip: bool = False) -> Any:
+        """Export this iteration to a format and verify it against the trained model.
+
+        Args:
+            format: ``tflite``, ``onnx``, ``coreml``, ``savedmodel``, ``docker`` or a plugin's name.
+            flavor: the format's flavor (default: the format's default, e.g. ``float32``).
+            out: export folder (default ``<project>/exports/<iteration>-<format>-<flavor>/``).
+            options: exporter options, e.g. ``{"opset": 13}``.
+            zip: also write ``<out>.zip``.
+
+        Returns:
+            ``exporters.ExportResult`` (``path``, ``manifest``, ``verification``).
+
+        Raises:
+            OptionsError: unknown format, flavor or option (exit code 2).
+            VerificationError: the artefact does not match the model (exit code 3).
+        """
+        from exporters import export_iteration
+
+        return export_iteration(self, format, flavor=flavor, out=out, options=options, zip=zip)
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, *, threshold: float = DEFAULT_THRESHOLD, data: str | os.PathLike | None = None) -> ClassificationMetrics:
         """Figures at ``threshold`` without retraining.

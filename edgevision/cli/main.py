@@ -20,6 +20,7 @@ examples:
   edgevision train flowers                          # quick: seconds; --mode advanced fine-tunes
   edgevision evaluate flowers --threshold 0.7
   edgevision predict flowers rose.jpg --json
+  edgevision export flowers --format tflite --flavor int8   # verified; --list shows formats
 
 Projects live under $EDGEVISION_HOME (default ~/.edgevision); --home overrides it.
 exit codes: 0 ok, 1 failure, 2 usage error, 3 verification failed, 130 interrupted.
@@ -169,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("images", nargs="+", metavar="IMAGE")
     q.add_argument("--iteration", type=int, default=None, help="iteration number (default: latest)")
     q.add_argument("--threshold", type=_probability, default=0.0, help="hide predictions below this probability")
+    json_flag(q)
+
+    q = cmd("export", "export an iteration to TFLite, ONNX, CoreML, SavedModel or Docker, verified against the model")
+    q.add_argument("name", nargs="?", help="project name")
+    q.add_argument("--list", action="store_true", help="list the export formats and exit")
+    q.add_argument("--iteration", type=int, default=None, help="iteration number (default: latest)")
+    q.add_argument("--format", default=None, help="export format (see --list)")
+    q.add_argument("--flavor", default=None, help="format flavor, e.g. float32, float16, int8 (default: the format's)")
+    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="exporter option (repeatable)")
+    q.add_argument("--out", default=None, help="export folder (default: <project>/exports/<iteration>-<format>-<flavor>)")
+    q.add_argument("--zip", action="store_true", help="also write <out>.zip")
     json_flag(q)
 
     q = cmd("domains", "list compact domains and whether their pretrained weights are installed")
@@ -430,6 +442,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgevision.cli.render import out, print_json
+    from edgevision.errors import UsageError
+
+    if args.list:
+        from exporters import list_exporters
+
+        exporters = list_exporters()
+        if args.json:
+            print_json([{"format": e.name, "flavors": list(e.flavors), "default_flavor": e.default_flavor,
+                         "tasks": list(e.tasks), "runs_on": e.runs_on, "description": e.description}
+                        for e in exporters])
+            return 0
+        from rich.table import Table
+
+        table = Table("format", "flavors (default first)", "tasks", "runs on")
+        for e in exporters:
+            flavors = [e.default_flavor] + [f for f in e.flavors if f != e.default_flavor]
+            table.add_row(e.name, ", ".join(flavors), ", ".join(e.tasks), e.runs_on)
+        out.print(table)
+        return 0
+    if not args.name or not args.format:
+        raise UsageError("export needs a project name and --format (see `edgevision export --list`)")
+    options: dict[str, str] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    it = _project(args).iteration(args.iteration)
+    result = it.export(args.format, flavor=args.flavor, out=args.out, options=options, zip=args.zip)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    v = result.verification
+    m = result.manifest
+    out.print(f"exported {args.name} iteration {it.number} → {m.exporter.name} ({m.exporter.options.get('flavor')}) "
+              f"at {result.path} in {result.seconds:.1f} s", markup=False, soft_wrap=True)
+    figures = {k: v.details[k] for k in ("images", "max_abs_diff", "mean_abs_diff", "top1_agreement",
+                                         "top1_agreement_held_out", "accuracy_model", "accuracy_export", "file_bytes")
+               if k in v.details}
+    text = ", ".join(f"{k} {val:.4g}" if isinstance(val, float) else f"{k} {val}" for k, val in figures.items())
+    out.print(f"verification: {v.status}" + (f" ({v.reason})" if v.reason else "") + (f" — {text}" if text else ""),
+              markup=False, soft_wrap=True)
+    if result.zip_path:
+        out.print(f"zip: {result.zip_path}", markup=False, soft_wrap=True)
+    if m.model_file.endswith((".tflite", ".onnx", ".mlpackage", ".mlmodel")):
+        out.print(f"try it: edgevision-run predict {result.path} IMAGE", markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_domains(args: argparse.Namespace) -> int:
     from edgevision.cli.render import out, print_json
     from edgevision.domains import list_domains
@@ -476,6 +539,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "iteration": cmd_iteration,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "export": cmd_export,
     "domains": cmd_domains,
     "demo": cmd_demo,
 }
