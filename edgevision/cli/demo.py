@@ -12,6 +12,8 @@ import numpy as np
 from edgevision.errors import ProjectExistsError
 
 DEMO_PROJECT = "demo"
+# The demo exports like a user would, by name: the format the device runtime runs everywhere.
+DEMO_FORMAT = "tflite"
 _DEMO_MARK = "created by `edgevision demo`"
 
 
@@ -37,20 +39,20 @@ def run_demo(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="edgevision-demo-") as tmp:
         data = write_sample_dataset(Path(tmp) / "shapes", per_tag=args.images_per_tag)
-        out.print(f"[bold]1/4[/] generated {args.images_per_tag} images for each of {', '.join(SHAPES)} in {data}")
+        out.print(f"[bold]1/5[/] generated {args.images_per_tag} images for each of {', '.join(SHAPES)} in {data}")
         project = Project.create(DEMO_PROJECT, "multiclass", "general-compact", description=_DEMO_MARK, home=args.home)
         with progress_bar() as progress:
             report = project.import_folder(data, progress=progress)
-        out.print(f"[bold]2/4[/] imported into project '{project.name}' at {project.path}")
+        out.print(f"[bold]2/5[/] imported into project '{project.name}' at {project.path}")
         _print_import(report, as_json=False)
 
-        out.print("[bold]3/4[/] quick training: EfficientNet-Lite0 (ImageNet) features + linear head, 5-fold cross-validation")
+        out.print("[bold]3/5[/] quick training: EfficientNet-Lite0 (ImageNet) features + linear head, 5-fold cross-validation")
         with progress_bar() as progress:
             iteration = project.train("quick", seed=0, progress=progress)
         out.print(f"iteration {iteration.number} trained in {iteration.info['duration_s']:.1f} s")
         _show_metrics(iteration.metrics, f"{project.name} · iteration {iteration.number}")
 
-        out.print("[bold]4/4[/] predicting new images the model has never seen")
+        out.print("[bold]4/5[/] predicting new images the model has never seen")
         rng = np.random.default_rng(12345)
         fresh = [(tag, make_image(tag, rng)) for tag in SHAPES]
         results = iteration.predict([im for _, im in fresh])
@@ -59,6 +61,23 @@ def run_demo(args: argparse.Namespace) -> int:
             top = result.predictions[0]
             right += top.tag_name == tag
             out.print(f"  a new {tag}: predicted {top.tag_name} ({pct(top.probability)})")
-        out.print(f"{right}/{len(fresh)} right. Demo finished in {time.monotonic() - started:.0f} s.")
-    out.print(f"Try: edgevision evaluate {DEMO_PROJECT} --threshold 0.8   ·   edgevision predict {DEMO_PROJECT} IMAGE --json")
+        out.print(f"{right}/{len(fresh)} right.")
+
+        out.print("[bold]5/5[/] exporting to TFLite (verified against the trained model) and predicting on the "
+                  "TensorFlow-free device runtime")
+        import runtimes
+
+        exported = iteration.export(DEMO_FORMAT)
+        figures = exported.verification.to_dict()
+        out.print(f"  {exported.path}: verification {figures.get('status')}, "
+                  f"max |Δprobability| {figures.get('max_abs_diff', float('nan')):.2g}")
+        with runtimes.load(exported.path) as predictor:
+            for (tag, image), by_trainer in zip(fresh, results):
+                top = predictor.predict(np.asarray(image)).predictions[0]
+                out.print(f"  a new {tag}: device runtime says {top.tag_name} ({pct(top.probability)}), "
+                          f"the trained model said {by_trainer.predictions[0].tag_name} "
+                          f"({pct(by_trainer.predictions[0].probability)})")
+        out.print(f"Demo finished in {time.monotonic() - started:.0f} s.")
+    out.print(f"Try: edgevision evaluate {DEMO_PROJECT} --threshold 0.8   ·   edgevision export {DEMO_PROJECT} --list   ·   "
+              f"edgevision-run serve {exported.path}")
     return 0

@@ -125,3 +125,21 @@ def test_tag_and_image_commands(capsys, home: Path, sample_dir: Path, tmp_path: 
     code, _, err = run(capsys, "tag", "create", "ml", "Negative")
     code, _, err = run(capsys, "images", "retag", "ml", untagged[2]["id"], "--tag", "Negative", "--tag", "curved")
     assert code == 1 and "cannot be combined" in err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_twice(capsys, tmp_path: Path) -> None:
+    home = str(tmp_path / "demo-home")
+    for _ in range(2):  # a second run replaces the demo's own project
+        code, out, _ = run(capsys, "--home", home, "demo", "--images-per-tag", "6")
+        assert code == 0
+        assert "verification ok" in out and "device runtime says" in out
+    from edgevision.store.project import Project
+
+    [project] = Project.list(home=home)
+    assert project.name == "demo" and [it.number for it in project.iterations()] == [1]
+    Project.create("mine", home=home)
+    code, _, _ = run(capsys, "--home", home, "project", "delete", "demo", "--yes")
+    Project.create("demo", home=home)  # a user's own project named demo is never deleted by the demo
+    code, _, err = run(capsys, "--home", home, "demo")
+    assert code == 1 and "did not create" in err
