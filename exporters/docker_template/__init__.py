@@ -54,6 +54,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \\
 
 # HOST and PORT come from the environment (docker run -e PORT=8080 ...); further arguments of
 # `edgevision-run serve` can follow (docker run IMAGE python serve.py --allow-url).
+# `docker stop` sends SIGTERM; the server shuts down cleanly on SIGINT (finishing requests in flight).
+STOPSIGNAL SIGINT
 CMD ["python", "serve.py"]
 '''
 
