@@ -14,6 +14,7 @@ import sys
 import tempfile
 from typing import Iterator, Sequence
 
+from runtimes.argtypes import port, positive_float, positive_int, probability
 from runtimes.errors import ImageDecodeError, RuntimeModelError
 from runtimes.loader import load
 from runtimes.prediction import ImagePrediction
@@ -41,46 +42,6 @@ examples:
 _NATIVE_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of megabytes, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``edgevision-run`` argument parser (subcommands ``predict`` and ``serve``)."""
     parser = argparse.ArgumentParser(
@@ -92,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("export", metavar="EXPORT",
                        help="export folder, .zip of one, or .tflite/.onnx with labels.txt beside it")
-        p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+        p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                        help="CPU threads for inference (default: the engine's own choice)")
         p.add_argument("--task", choices=("multiclass", "multilabel"), default=None,
                        help="for a bare model file only: its task (default: probed from its outputs)")
@@ -109,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG, BMP, GIF, WebP, ...)")
     predict.add_argument("--json", action="store_true",
                          help="print Custom Vision ImagePrediction JSON: one object for one image, a list for several")
-    predict.add_argument("--threshold", type=_probability, default=0.0, metavar="T",
+    predict.add_argument("--threshold", type=probability, default=0.0, metavar="T",
                          help="leave out tags below this probability (0..1, default 0)")
 
     serve = sub.add_parser(
@@ -123,12 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     common(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
+    serve.add_argument("--port", type=port, default=8080, help="port (default 8080)")
     serve.add_argument("--api-key", default=None, metavar="KEY",
                        help=f"require this key in the Prediction-Key header (default: ${API_KEY_ENV}; none: no key)")
     serve.add_argument("--allow-url", action="store_true",
                        help="enable POST /url (the server then fetches images from URLs it is given)")
-    serve.add_argument("--max-body-mb", type=_megabytes, default=4.0, metavar="MB",
+    serve.add_argument("--max-body-mb", type=positive_float, default=4.0, metavar="MB",
                        help="largest request body accepted, in MB (default 4, as the hosted service)")
     return parser
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 from edgevision import config
 from edgevision.errors import EdgevisionError
+from runtimes.argtypes import positive_float, probability
 
 EPILOG = """\
 examples:
@@ -25,26 +26,6 @@ examples:
 Projects live under $EDGEVISION_HOME (default ~/.edgevision); --home overrides it.
 exit codes: 0 ok, 1 failure, 2 usage error, 3 verification failed, 130 interrupted.
 """
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--mode", choices=["quick", "advanced"], default="quick",
                    help="quick: linear head on cached pretrained features (seconds); "
                         "advanced: fine-tune with augmentation within --budget")
-    q.add_argument("--budget", type=_positive_float, default=None, help="advanced mode time budget in minutes (default 10)")
+    q.add_argument("--budget", type=positive_float, default=None, help="advanced mode time budget in minutes (default 10)")
     q.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same iteration")
     q.add_argument("--folds", type=int, default=None, help="cross-validation folds in quick mode (default 5)")
     json_flag(q)
@@ -162,14 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     q.add_argument("--iteration", type=int, default=None, help="iteration number (default: latest)")
     q.add_argument("--data", default=None, help="external test set, folder-per-tag")
-    q.add_argument("--threshold", type=_probability, default=0.5, help="probability threshold (default 0.5)")
+    q.add_argument("--threshold", type=probability, default=0.5, help="probability threshold (default 0.5)")
     json_flag(q)
 
     q = cmd("predict", "predict tags for images with a trained iteration")
     q.add_argument("name")
     q.add_argument("images", nargs="+", metavar="IMAGE")
     q.add_argument("--iteration", type=int, default=None, help="iteration number (default: latest)")
-    q.add_argument("--threshold", type=_probability, default=0.0, help="hide predictions below this probability")
+    q.add_argument("--threshold", type=probability, default=0.0, help="hide predictions below this probability")
     json_flag(q)
 
     q = cmd("export", "export an iteration to TFLite, ONNX, CoreML, SavedModel or Docker, verified against the model")
