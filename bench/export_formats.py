@@ -10,6 +10,7 @@ Docker bundles) show "-". Agreement / max|Δ| / accuracy come from the export's 
 (held-out images of the iteration + 4 synthetic ones).
 
     .venv/bin/python bench/export_formats.py [--per-tag 6] [--runs 50] [--threads 1] [--json]
+    .venv/bin/python bench/export_formats.py --project fmnist-50-quick --home /tmp/edgevision-fmnist-XXXX/home-50-quick
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--formats", default="", help="comma-separated subset (default: every registered format)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--project", help="benchmark this existing project's latest iteration instead of the sample "
+                                      "(e.g. one kept by `fashion_mnist.py --keep`)")
+    ap.add_argument("--home", help="EDGEVISION_HOME of --project")
     args = ap.parse_args(argv)
 
     from edgevision.datasets.sample import write_sample_dataset
@@ -70,14 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgevision-bench-") as tmp:
         root = Path(tmp)
-        sample = write_sample_dataset(root / "sample", per_tag=args.per_tag)
-        project = Project.create("shapes", "multiclass", home=root / "home")
-        project.import_folder(sample)
-        t = time.perf_counter()
-        iteration = project.train("quick", seed=0)
-        print(f"trained {iteration} in {time.perf_counter() - t:.1f} s; cores {os.cpu_count()}, "
-              f"load {os.getloadavg()[0]:.2f}", file=sys.stderr)
-        image = sorted(sample.rglob("*.png"))[0]
+        if args.project:
+            project = Project.open(args.project, home=args.home)
+            iteration = project.iteration()
+            image = project.training_images()[0].path
+            print(f"using {iteration}; cores {os.cpu_count()}, load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+        else:
+            sample = write_sample_dataset(root / "sample", per_tag=args.per_tag)
+            project = Project.create("shapes", "multiclass", home=root / "home")
+            project.import_folder(sample)
+            t = time.perf_counter()
+            iteration = project.train("quick", seed=0)
+            print(f"trained {iteration} in {time.perf_counter() - t:.1f} s; cores {os.cpu_count()}, "
+                  f"load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+            image = sorted(sample.rglob("*.png"))[0]
         wanted = set(filter(None, args.formats.split(",")))
         for exporter in list_exporters():
             if wanted and exporter.name not in wanted:
