@@ -39,20 +39,20 @@ def run_demo(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="edgevision-demo-") as tmp:
         data = write_sample_dataset(Path(tmp) / "shapes", per_tag=args.images_per_tag)
-        out.print(f"[bold]1/5[/] generated {args.images_per_tag} images for each of {', '.join(SHAPES)} in {data}")
+        out.print(f"[bold]1/5[/] generated {args.images_per_tag} images for each of {', '.join(SHAPES)} in {data}", markup=True)
         project = Project.create(DEMO_PROJECT, "multiclass", "general-compact", description=_DEMO_MARK, home=args.home)
         with progress_bar() as progress:
             report = project.import_folder(data, progress=progress)
-        out.print(f"[bold]2/5[/] imported into project '{project.name}' at {project.path}")
+        out.print(f"[bold]2/5[/] imported into project '{project.name}' at {project.path}", markup=True)
         _print_import(report, as_json=False)
 
-        out.print("[bold]3/5[/] quick training: EfficientNet-Lite0 (ImageNet) features + linear head, 5-fold cross-validation")
+        out.print("[bold]3/5[/] quick training: EfficientNet-Lite0 (ImageNet) features + linear head, 5-fold cross-validation", markup=True)
         with progress_bar() as progress:
             iteration = project.train("quick", seed=0, progress=progress)
         out.print(f"iteration {iteration.number} trained in {iteration.info['duration_s']:.1f} s")
         _show_metrics(iteration.metrics, f"{project.name} · iteration {iteration.number}")
 
-        out.print("[bold]4/5[/] predicting new images the model has never seen")
+        out.print("[bold]4/5[/] predicting new images the model has never seen", markup=True)
         rng = np.random.default_rng(12345)
         fresh = [(tag, make_image(tag, rng)) for tag in SHAPES]
         results = iteration.predict([im for _, im in fresh])
@@ -64,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
         out.print(f"{right}/{len(fresh)} right.")
 
         out.print("[bold]5/5[/] exporting to TFLite (verified against the trained model) and predicting on the "
-                  "TensorFlow-free device runtime")
+                  "TensorFlow-free device runtime", markup=True)
         import runtimes
 
         exported = iteration.export(DEMO_FORMAT)

@@ -209,7 +209,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         if args.json:
             print_json(project.summary())
         else:
-            out.print(f"created {project.type} project [bold]{project.name}[/] (domain {project.domain}) at {project.path}")
+            out.print(f"created {project.type} project {project.name} (domain {project.domain}) at {project.path}")
             out.print(f"next: edgevision import {project.name} PATH")
     elif args.action == "list":
         projects = Project.list(home=args.home)
@@ -229,7 +229,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         if args.json:
             print_json(s)
             return 0
-        out.print(f"[bold]{s['name']}[/] — {s['type']}, domain {s['domain']}, {s['images']} images "
+        out.print(f"{s['name']} — {s['type']}, domain {s['domain']}, {s['images']} images "
                   f"({s['untagged']} untagged), iterations: {', '.join(map(str, s['iterations'])) or 'none'}")
         table = Table("tag", "images", "kind")
         for t in s["tags"]:

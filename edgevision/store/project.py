@@ -35,7 +35,8 @@ PROJECT_TYPES = ("multiclass", "multilabel", "detection")
 DEFAULT_DOMAIN = "general-compact"
 _DB_FILE = "project.sqlite"
 _IMPORT_MARKER = ".import-in-progress"
-_TAG_FORBIDDEN = set('/\\\0') | {chr(c) for c in range(32)}
+# '/' and '\\' would make folder-per-tag exports escape their folder; ';' separates tags in CSV files.
+_TAG_FORBIDDEN = set('/\\\0;') | {chr(c) for c in range(32)}
 
 #: Called as ``progress(done, total, what)`` during long operations.
 Progress = Callable[[int, int, str], None]
@@ -108,7 +109,7 @@ def check_tag_name(name: str) -> str:
     if name != name.strip():
         raise TagError(f"tag {name!r}: remove the leading/trailing spaces")
     if len(name) > 256 or name in (".", "..") or set(name) & _TAG_FORBIDDEN:
-        raise TagError(f"tag {name!r}: use up to 256 characters without '/', '\\' or control characters")
+        raise TagError(f"tag {name!r}: use up to 256 characters without '/', '\\', ';' or control characters")
     return name
 
 

@@ -143,3 +143,11 @@ def test_demo_end_to_end_twice(capsys, tmp_path: Path) -> None:
     Project.create("demo", home=home)  # a user's own project named demo is never deleted by the demo
     code, _, err = run(capsys, "--home", home, "demo")
     assert code == 1 and "did not create" in err
+
+
+def test_user_text_is_printed_literally_not_as_markup(capsys, home: Path) -> None:
+    run(capsys, "project", "create", "m")
+    code, out, _ = run(capsys, "tag", "create", "m", "[red]box")
+    assert code == 0 and "[red]box" in out
+    code, out, _ = run(capsys, "tag", "list", "m")
+    assert "[red]box" in out

@@ -74,7 +74,7 @@ def test_tags_create_rename_delete_and_negative(home: Path) -> None:
     assert [t.name for t in p.tags()] == ["kitten", "Negative"]
     with pytest.raises(TagError, match="reserved"):
         p.rename_tag("Negative", "none")
-    for bad in ["", " pad", "a/b", "..", "x\ny"]:
+    for bad in ["", " pad", "a/b", "..", "x\ny", "a;b"]:
         with pytest.raises(TagError):
             p.create_tag(bad)
     p.delete_tag("kitten")
