@@ -13,36 +13,16 @@ from runtimes.errors import EngineUnavailableError, InvalidOptionError, ModelMis
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto  # noqa: E402
+from tiny_onnx import tiny_onnx as _tiny_onnx  # noqa: E402  (tests/runtimes/tiny_onnx.py)
 
 SIZE = 8
 WEIGHTS = np.array([[0.03, -0.01, 0.0], [0.0, 0.02, -0.01], [-0.02, 0.0, 0.03]], dtype=np.float32)
 
 
-def tiny_onnx(path: Path, *, layout: str = "NCHW", dtype: int = TensorProto.FLOAT, batch: int | str = 1,
-              extra_input: bool = False) -> Path:
-    """Mean colour per channel -> fixed 3x3 linear layer -> softmax: a real model with a known answer."""
-    shape = [batch, 3, SIZE, SIZE] if layout == "NCHW" else [batch, SIZE, SIZE, 3]
-    axes = [2, 3] if layout == "NCHW" else [1, 2]
-    nodes = [helper.make_node("Cast", ["data"], ["pixels"], to=TensorProto.FLOAT)]
-    nodes += [
-        helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=axes, keepdims=0),
-        helper.make_node("MatMul", ["mean", "weights"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["model_output"], axis=1),
-    ]
-    inputs = [helper.make_tensor_value_info("data", dtype, shape)]
-    if extra_input:
-        inputs.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, [1]))
-    graph = helper.make_graph(
-        nodes, "tiny", inputs,
-        [helper.make_tensor_value_info("model_output", TensorProto.FLOAT, [batch, 3])],
-        [helper.make_tensor("weights", TensorProto.FLOAT, [3, 3], WEIGHTS.flatten().tolist())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+def tiny_onnx(path: Path, **options) -> Path:
+    """The shared tiny classifier at this module's size and weights."""
+    return _tiny_onnx(path, WEIGHTS, size=SIZE, **options)
 
 
 def reference(batch: np.ndarray) -> np.ndarray:

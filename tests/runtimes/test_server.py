@@ -25,7 +25,7 @@ from PIL import Image
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper  # noqa: E402
+from tiny_onnx import tiny_onnx  # noqa: E402  (tests/runtimes/tiny_onnx.py)
 
 import runtimes  # noqa: E402
 from runtimes import Predictor  # noqa: E402
@@ -43,23 +43,7 @@ PREDICTION_KEYS = {"id", "project", "iteration", "created", "predictions"}
 def write_tiny_classifier(path: Path) -> Path:
     """A real ONNX classifier (the S1 contract: input ``data`` [1,3,32,32] RGB 0..255, output
     ``model_output`` [1,3] softmax): mean colour per channel -> fixed linear layer -> softmax."""
-    weights = (np.eye(3, dtype=np.float32) * 0.04 - 0.01).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["data"], ["mean"], axes=[2, 3], keepdims=0),
-            helper.make_node("MatMul", ["mean", "weights"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["model_output"], axis=1),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("model_output", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor("weights", TensorProto.FLOAT, [3, 3], weights.flatten().tolist())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return tiny_onnx(path, np.eye(3, dtype=np.float32) * 0.04 - 0.01, size=32)
 
 
 def write_export(folder: Path) -> Path:
