@@ -80,12 +80,14 @@ from runtimes.url_fetch import DEFAULT_URL_TIMEOUT, MAX_REDIRECTS, fetch_image_u
 __all__ = [
     "ERRORS",
     "ApiError",
+    "ApiServer",
     "FormPart",
     "PredictionServer",
     "PredictorLike",
     "Route",
     "decode_image",
     "fetch_image_url",
+    "check_key",
     "image_from_body",
     "is_public_address",
     "make_server",
@@ -199,6 +201,22 @@ def match_route(path: str) -> Route | None:
 
 
 # ----------------------------------------------------------------------------------- the server
+
+
+def check_key(given: str | None, expected: str | None, header: str) -> None:
+    """Refuse a request whose key header does not match the server's key (None: no key is needed).
+
+    Raises:
+        ApiError: 401 ``Unauthorized`` naming ``header`` when the key is missing or wrong.
+    """
+    if expected is None:
+        return
+    if given is None:
+        raise ApiError(401, "Unauthorized", f"this server needs a {header} header")
+    # Constant-time: the comparison must not tell an attacker how much of a guess was right.
+    if not hmac.compare_digest(given.strip().encode("utf-8"), expected.encode("utf-8")):
+        raise ApiError(401, "Unauthorized", f"the {header} header is not this server's key")
+
 
 
 class _Watchdog:
@@ -410,56 +428,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return super().handle_expect_100()
 
     def _handle(self) -> None:
-        route = match_route(urllib.parse.urlsplit(self.path).path)
-        if route is None:
-            raise ApiError(404, "NotFound", f"no route {urllib.parse.urlsplit(self.path).path[:200]!r}; "
-                                            "see GET /openapi.json for the routes")
-        allowed = ("GET", "HEAD") if route.action in ("health", "openapi") else ("POST",)
-        if self.command not in allowed:
-            raise ApiError(405, "MethodNotAllowed", f"{self.command} is not allowed here; use {' or '.join(allowed)}",
-                           {"Allow": ", ".join(allowed)})
-        server = self.server
-        if route.action == "health":
-            self._send_json(200, server.health())
-            return
-        if route.action == "openapi":
-            self._send_json(200, server.openapi)
-            return
-        self._check_key()
-        self._check_kind(route)
-        if route.action == "url" and not server.allow_url:
-            raise ApiError(403, "Forbidden", "prediction from a URL is disabled on this server (start it with "
-                                             "allow_url / --allow-url), or POST the image bytes to /image")
-        body = self._read_body()
-        if route.action == "url":
-            # Passed from this module's namespace, so that replacing runtimes.server.is_public_address
-            # (tests do, to fetch from a local site) still governs the fetch.
-            data = fetch_image_url(url_from_body(body), max_bytes=server.max_body, timeout=server.url_timeout,
-                                   address_check=is_public_address)
-        else:
-            data = image_from_body(body, self.headers.get("Content-Type"))
-        payload = server.predict(data)
-        self._send_json(200, payload)
+        self.server.dispatch(self)
 
-    def _check_key(self) -> None:
-        expected = self.server.api_key
-        if expected is None:
-            return
-        given = self.headers.get("Prediction-Key")  # header names are case-insensitive here
-        if given is None:
-            raise ApiError(401, "Unauthorized", "this server needs a Prediction-Key header")
-        # Constant-time: the comparison must not tell an attacker how much of a guess was right.
-        if not hmac.compare_digest(given.strip().encode("utf-8"), expected.encode("utf-8")):
-            raise ApiError(401, "Unauthorized", "the Prediction-Key header is not this server's key")
+    # -- for servers' dispatch methods
 
-    def _check_kind(self, route: Route) -> None:
-        task = self.server.predictor.task
-        if route.kind == "classify" and task == "detection":
-            raise ApiError(400, "BadRequestNotSupported", "this server's model is an object detector: "
-                                                          "use the /detect/ route (or /image)")
-        if route.kind == "detect" and task != "detection":
-            raise ApiError(400, "BadRequestNotSupported", f"this server's model is a {task} classifier: "
-                                                          "use the /classify/ route (or /image)")
+    def read_body(self) -> bytes:
+        """The request body (Content-Length or chunked), within the server's size and time limits.
+
+        Raises:
+            ApiError: 400 malformed framing, 408 too slow, 413 over ``server.max_body``.
+        """
+        return self._read_body()
+
+    def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        """Answer ``payload`` as JSON (strict: NaN is refused) with ``status``."""
+        self._send_json(status, payload, headers)
+
+    def send_bytes(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        """Answer raw bytes (a page, an image, a zip file) with ``status``."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self._body_pending or self.close_connection or self.server.closing:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     # -- request bodies
 
@@ -538,61 +535,39 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 raise ApiError(400, "BadRequest", "malformed chunked body (no CRLF after a chunk)")
 
 
-class PredictionServer(http.server.ThreadingHTTPServer):
-    """A threaded HTTP server around one predictor; see the module docstring for routes and errors.
+class ApiServer(http.server.ThreadingHTTPServer):
+    """A threaded HTTP/1.1 server with this module's protections, answering through :meth:`dispatch`.
 
-    Use :func:`make_server` to build one and :func:`serve` to run one until Ctrl-C.
+    It bounds the worker threads, the request body (``max_body``) and the time a request may take to
+    arrive, closes idle keep-alive connections on shutdown, and answers every error as
+    ``{"code", "message"}`` JSON. Subclasses implement :meth:`dispatch`, which reads the request from
+    the handler (``command``, ``path``, ``headers``, ``read_body()``) and answers with its
+    ``send_json`` / ``send_bytes`` or by raising :class:`ApiError`. :class:`PredictionServer` is one;
+    edgevision's training API server is another.
     """
 
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        predictor: PredictorLike,
-        *,
-        api_key: str | None = None,
-        allow_url: bool = False,
-        max_body: int = DEFAULT_MAX_BODY,
-        threads: int = DEFAULT_THREADS,
-        url_timeout: float = DEFAULT_URL_TIMEOUT,
-        threshold: float = 0.0,
-        max_detections: int | None = None,
-    ) -> None:
+    def __init__(self, address: tuple[str, int], *, max_body: int = DEFAULT_MAX_BODY,
+                 threads: int = DEFAULT_THREADS) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
-        self.threshold = check_threshold(threshold)
-        self.max_detections = check_max_detections(max_detections, predictor.task)
         if max_body < 1:
             raise ValueError(f"max_body must be positive, not {max_body}")
-        if api_key is not None and not api_key.strip():
-            raise ValueError("api_key is empty: pass None for no key check, or a non-empty key")
-        self.predictor = predictor
-        self.api_key = api_key.strip() if api_key is not None else None
-        self.allow_url = allow_url
         self.max_body = max_body
-        self.url_timeout = url_timeout
         self.closing = False
-        self._predict_lock = threading.Lock()
         self._workers = threading.BoundedSemaphore(threads)
         self._max_workers = threads
-        # Decoding more images at once than there are cores gains nothing and multiplies the memory
-        # a large image takes (a 10,240 px square is 300 MB as RGB).
-        self._decode_slots = threading.BoundedSemaphore(max(1, min(threads, os.cpu_count() or 1)))
         self.watchdog = _Watchdog()
         self._idle_lock = threading.Lock()
         self._idle: set[socket.socket] = set()
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
-        manifest = getattr(predictor, "manifest", None)
-        self.project = str(getattr(manifest, "project", "") or "")
-        self.iteration = str(getattr(manifest, "iteration", "") or "")
-        self.openapi = build_openapi(
-            task=predictor.task, project=self.project, iteration=self.iteration,
-            key_required=self.api_key is not None, allow_url=allow_url, max_body=max_body, errors=ERRORS,
-            threshold=self.threshold, max_detections=self.max_detections,
-        )
+
+    def dispatch(self, handler: "_Handler") -> None:
+        """Answer one request (see the class docstring)."""
+        raise NotImplementedError
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can hang for seconds on a device
@@ -659,6 +634,87 @@ class PredictionServer(http.server.ThreadingHTTPServer):
             taken += 1
         for _ in range(taken):
             self._workers.release()
+
+class PredictionServer(ApiServer):
+    """A threaded HTTP server around one predictor; see the module docstring for routes and errors.
+
+    Use :func:`make_server` to build one and :func:`serve` to run one until Ctrl-C.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        predictor: PredictorLike,
+        *,
+        api_key: str | None = None,
+        allow_url: bool = False,
+        max_body: int = DEFAULT_MAX_BODY,
+        threads: int = DEFAULT_THREADS,
+        url_timeout: float = DEFAULT_URL_TIMEOUT,
+        threshold: float = 0.0,
+        max_detections: int | None = None,
+    ) -> None:
+        self.threshold = check_threshold(threshold)
+        self.max_detections = check_max_detections(max_detections, predictor.task)
+        if api_key is not None and not api_key.strip():
+            raise ValueError("api_key is empty: pass None for no key check, or a non-empty key")
+        self.predictor = predictor
+        self.api_key = api_key.strip() if api_key is not None else None
+        self.allow_url = allow_url
+        self.url_timeout = url_timeout
+        self._predict_lock = threading.Lock()
+        # Decoding more images at once than there are cores gains nothing and multiplies the memory
+        # a large image takes (a 10,240 px square is 300 MB as RGB).
+        self._decode_slots = threading.BoundedSemaphore(max(1, min(threads, os.cpu_count() or 1)))
+        super().__init__(address, max_body=max_body, threads=threads)
+        manifest = getattr(predictor, "manifest", None)
+        self.project = str(getattr(manifest, "project", "") or "")
+        self.iteration = str(getattr(manifest, "iteration", "") or "")
+        self.openapi = build_openapi(
+            task=predictor.task, project=self.project, iteration=self.iteration,
+            key_required=self.api_key is not None, allow_url=allow_url, max_body=max_body, errors=ERRORS,
+            threshold=self.threshold, max_detections=self.max_detections,
+        )
+
+    def dispatch(self, handler: "_Handler") -> None:
+        """Route a prediction request: health, OpenAPI, or an image / URL to predict."""
+        route = match_route(urllib.parse.urlsplit(handler.path).path)
+        if route is None:
+            raise ApiError(404, "NotFound", f"no route {urllib.parse.urlsplit(handler.path).path[:200]!r}; "
+                                            "see GET /openapi.json for the routes")
+        allowed = ("GET", "HEAD") if route.action in ("health", "openapi") else ("POST",)
+        if handler.command not in allowed:
+            raise ApiError(405, "MethodNotAllowed", f"{handler.command} is not allowed here; use {' or '.join(allowed)}",
+                           {"Allow": ", ".join(allowed)})
+        if route.action == "health":
+            handler.send_json(200, self.health())
+            return
+        if route.action == "openapi":
+            handler.send_json(200, self.openapi)
+            return
+        check_key(handler.headers.get("Prediction-Key"), self.api_key, "Prediction-Key")
+        self._check_kind(route)
+        if route.action == "url" and not self.allow_url:
+            raise ApiError(403, "Forbidden", "prediction from a URL is disabled on this server (start it with "
+                                             "allow_url / --allow-url), or POST the image bytes to /image")
+        body = handler.read_body()
+        if route.action == "url":
+            # Passed from this module's namespace, so that replacing runtimes.server.is_public_address
+            # (tests do, to fetch from a local site) still governs the fetch.
+            data = fetch_image_url(url_from_body(body), max_bytes=self.max_body, timeout=self.url_timeout,
+                                   address_check=is_public_address)
+        else:
+            data = image_from_body(body, handler.headers.get("Content-Type"))
+        handler.send_json(200, self.predict(data))
+
+    def _check_kind(self, route: Route) -> None:
+        task = self.predictor.task
+        if route.kind == "classify" and task == "detection":
+            raise ApiError(400, "BadRequestNotSupported", "this server's model is an object detector: "
+                                                          "use the /detect/ route (or /image)")
+        if route.kind == "detect" and task != "detection":
+            raise ApiError(400, "BadRequestNotSupported", f"this server's model is a {task} classifier: "
+                                                          "use the /classify/ route (or /image)")
 
     def health(self) -> dict[str, Any]:
         """The ``GET /health`` answer: status, task, label count, project, iteration and the options."""

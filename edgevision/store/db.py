@@ -67,7 +67,9 @@ BUSY_TIMEOUT_S = 120.0
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) a project database with WAL journaling and foreign keys on."""
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    # check_same_thread=False: the training API server uses one connection from its request threads, one
+    # at a time under its own lock (sqlite3 itself is built thread-safe).
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")

@@ -224,7 +224,15 @@ class Project:
         self.domain: str = meta["domain"]
         self.description: str = meta.get("description", "")
         self.created: str = meta["created"]
+        #: A UUID that names the project in the training API (the folder name is ``name``).
+        #: Projects made before it existed get one the first time they are opened.
+        self.id: str = meta.get("id") or self._assign_id()
         self._recover()
+
+    def _assign_id(self) -> str:
+        with db.transaction(self._conn):
+            self._conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('id', ?)", (str(uuid.uuid4()),))
+            return self._conn.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -276,6 +284,7 @@ class Project:
                         ("domain", domain),
                         ("description", description),
                         ("created", _now()),
+                        ("id", str(uuid.uuid4())),
                         ("schema_version", str(db.SCHEMA_VERSION)),
                     ],
                 )
