@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench portal-screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/fashion_mnist.py
+
+# docs/images/portal-*.png for docs/portal.md (needs /usr/bin/chromium: apt-get install chromium)
+portal-screenshots: setup
+	$(BIN)/python -m tests.portal.screenshots
 
 clean:
 	rm -rf $(VENV) build *.egg-info

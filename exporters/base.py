@@ -291,6 +291,9 @@ class Exporter(ABC):
     description: ClassVar[str] = ""
     version: ClassVar[str] = "0.1.0"
     Options: ClassVar[type[Options]] = Options
+    #: The hosted Training API's export names for this format: ``(platform, flavor)`` -> our flavor;
+    #: flavor ``""`` stands for a request without one. The training API's export route reads them.
+    hosted_exports: ClassVar[dict[tuple[str, str], str]] = {}
 
     @abstractmethod
     def export(self, ctx: ExportContext, flavor: str, options: Options) -> Artifact:

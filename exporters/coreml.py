@@ -300,6 +300,7 @@ class CoreMLExporter(Exporter):
     description = ("Core ML image classifier or Vision object detector (detector + NMS pipeline); "
                    "float16/float32 ML Program or the older neural network")
     Options = CoreMLOptions
+    hosted_exports = {("CoreML", ""): "float16"}
 
     def export(self, ctx: ExportContext, flavor: str, options: Options) -> Artifact:
         assert isinstance(options, CoreMLOptions)

@@ -139,6 +139,7 @@ class DockerExporter(Exporter):
     runs_on = "Docker: linux/amd64, linux/arm64, linux/arm/v7 (Raspberry Pi)"
     description = "prediction container (HTTP, Custom Vision container routes) around a tflite or onnx model"
     Options = DockerOptions
+    hosted_exports = {("DockerFile", ""): "linux", ("DockerFile", "Linux"): "linux", ("DockerFile", "ARM"): "linux"}
 
     def __init__(self) -> None:
         self._model_verification: Verification | None = None

@@ -144,6 +144,7 @@ class ONNXExporter(Exporter):
     runs_on = "onnxruntime: Windows ML, ML.NET, Linux, Android, iOS"
     description = "ONNX, NCHW input 'data', Custom Vision metadata_props"
     Options = ONNXOptions
+    hosted_exports = {("ONNX", ""): "float32", ("ONNX", "ONNX10"): "float32", ("ONNX", "ONNX12"): "float32"}
 
     def export(self, ctx: ExportContext, flavor: str, options: Options) -> Artifact:
         assert isinstance(options, ONNXOptions)

@@ -41,6 +41,7 @@ class SavedModelExporter(Exporter):
     runs_on = "TensorFlow, TF Serving (verified with TensorFlow, not the device runtime)"
     description = "TensorFlow SavedModel, serving_default: data -> model_output"
     Options = SavedModelOptions
+    hosted_exports = {("TensorFlow", ""): "float32", ("TensorFlow", "TensorFlowNormal"): "float32"}
 
     def export(self, ctx: ExportContext, flavor: str, options: Options) -> Artifact:
         from edgevision._tf import import_tf

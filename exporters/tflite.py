@@ -154,6 +154,7 @@ class TFLiteExporter(Exporter):
     runs_on = "Android, iOS, Linux boards (LiteRT); int8: Edge TPU / NPUs"
     description = "TensorFlow Lite flatbuffer; dynamic = int8 weights, int8 = full integer"
     Options = TFLiteOptions
+    hosted_exports = {("TensorFlow", "TensorFlowLite"): "float32"}
 
     def export(self, ctx: ExportContext, flavor: str, options: Options) -> Artifact:
         assert isinstance(options, TFLiteOptions)

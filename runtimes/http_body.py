@@ -100,7 +100,7 @@ def _find_delimiter(body: bytes, delimiter: bytes, start: int) -> tuple[int, int
         at = found + 1  # content that merely starts like the boundary: keep looking
 
 
-def parse_multipart(body: bytes, boundary: str) -> list[FormPart]:
+def parse_multipart(body: bytes, boundary: str, *, max_parts: int = _MAX_PARTS) -> list[FormPart]:
     """Parse a multipart/form-data body strictly (RFC 7578 / 2046): CRLF line ends, preamble and
     epilogue ignored, every part needing a ``Content-Disposition: form-data`` header.
 
@@ -127,8 +127,8 @@ def parse_multipart(body: bytes, boundary: str) -> list[FormPart]:
     while not closing:
         content_end, next_pos, closing = _find_delimiter(body, delimiter, pos)
         parts.append(_parse_part(body[pos:content_end]))
-        if len(parts) > _MAX_PARTS:
-            raise ApiError(400, "BadRequest", f"multipart body has more than {_MAX_PARTS} parts")
+        if len(parts) > max_parts:
+            raise ApiError(400, "BadRequest", f"multipart body has more than {max_parts} parts")
         pos = next_pos
     return parts
 

@@ -116,8 +116,8 @@ class Request:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "BadRequest", f"the body is not valid JSON ({exc})") from None
 
-    def form(self) -> list[FormPart]:
-        """The parts of a multipart/form-data body.
+    def form(self, *, max_parts: int = 32) -> list[FormPart]:
+        """The parts of a multipart/form-data body (at most ``max_parts`` of them).
 
         Raises:
             ApiError: 415 for another Content-Type, 400 for a malformed body.
@@ -126,7 +126,7 @@ class Request:
         if mime != "multipart/form-data" or "boundary" not in params:
             raise ApiError(415, "UnsupportedMediaType",
                            "send the images as multipart/form-data (field 'imageData'), with a boundary")
-        return parse_multipart(self.body(), params["boundary"])
+        return parse_multipart(self.body(), params["boundary"], max_parts=max_parts)
 
     def arg(self, name: str, default: str | None = None) -> str | None:
         """One query parameter (the last if repeated), or ``default``."""

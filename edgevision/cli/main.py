@@ -11,7 +11,10 @@ from typing import Any, Callable, Sequence
 
 from edgevision import config
 from edgevision.errors import EdgevisionError
-from runtimes.argtypes import positive_float, positive_int, probability
+from runtimes.argtypes import port, positive_float, positive_int, probability
+
+#: The environment variable holding the API key when --key is not given (the same as edgevision-run serve's).
+API_KEY_ENV = "EDGEVISION_API_KEY"
 
 EPILOG = """\
 examples:
@@ -71,6 +74,21 @@ examples:
   edgevision regions add cars 3f2a9c car 0.10 0.20 0.35 0.40   # a 'car' box
   edgevision regions list cars --image 3f2a9c --json
   edgevision regions remove cars 8be41d
+"""
+
+
+SERVE_API_EPILOG = """\
+The hosted service's training SDK then works against it with only a new endpoint:
+  from azure.cognitiveservices.vision.customvision.training import CustomVisionTrainingClient
+  from msrest.authentication import ApiKeyCredentials
+  trainer = CustomVisionTrainingClient("http://127.0.0.1:5000",
+                                       ApiKeyCredentials(in_headers={"Training-key": "KEY"}))
+Routes that exist (and those that do not): docs/training-api.md.
+
+examples:
+  edgevision serve-api                                # http://127.0.0.1:5000/, no key
+  edgevision portal --port 8000                       # and open the browser on it
+  edgevision serve-api --host 0.0.0.0 --key s3cret    # reachable from the network: a key is required
 """
 
 
@@ -279,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = cmd("domains", "list compact domains and whether their pretrained weights are installed")
     json_flag(q)
+
+    for name, text in (("serve-api", "serve the training REST API (shaped after the hosted Training API v3.x; its SDK "
+                                      "works with endpoint=http://HOST:PORT) and the portal, until Ctrl-C"),
+                       ("portal", "start the training API and open the portal (the local web UI) in the browser")):
+        q = cmd(name, text, epilog=SERVE_API_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; others need --key)")
+        q.add_argument("--port", type=port, default=5000, help="port (default 5000; 0 picks a free one)")
+        q.add_argument("--key", default=None, metavar="KEY",
+                       help=f"require this key in the Training-Key (and Prediction-Key) header "
+                            f"(default: ${API_KEY_ENV}; none: no key, loopback only)")
+        if name == "portal":
+            q.add_argument("--no-browser", action="store_true", help="do not open a browser, only print the address")
 
     q = cmd("demo", "generate a sample dataset, create a project, train, evaluate and predict")
     q.add_argument("--images-per-tag", type=int, default=12, help="sample images per tag (default 12)")
@@ -766,6 +797,46 @@ def cmd_domains(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def cmd_serve_api(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import webbrowser
+
+    from edgevision.api.server import make_api_server, serve_api
+    from edgevision.cli.render import err
+
+    key = args.key if args.key is not None else os.environ.get(API_KEY_ENV) or None
+    try:
+        server = make_api_server(home=args.home, host=args.host, port=args.port, key=key)
+    except OSError as exc:
+        err.print(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                  "pick another --port or --host", markup=False, soft_wrap=True)
+        return 1
+    bound_host, bound_port = server.server_address[:2]
+    # A wildcard address is not one a browser can open: show this machine's loopback instead.
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(str(bound_host), str(bound_host))
+    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}/"
+    # Printed and flushed at once: scripts (and the tests) wait for this line to know the port.
+    print(f"training API and portal on {url} (home {server.app.home}); Ctrl-C stops", flush=True)
+    if key:
+        print("clients must send the key as the Training-Key header; the portal asks for it", flush=True)
+    if args.command == "portal" and not args.no_browser:
+        threading.Timer(0.3, webbrowser.open, args=(url,)).start()
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (SIGTERM) stops as cleanly as Ctrl-C: serve_api's clean-up runs, exit code 143.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        serve_api(server)
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+        return 130
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgevision.cli.demo import run_demo
 
@@ -788,6 +859,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "benchmark": cmd_benchmark,
     "domains": cmd_domains,
+    "serve-api": cmd_serve_api,
+    "portal": cmd_serve_api,
     "demo": cmd_demo,
 }
 

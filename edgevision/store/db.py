@@ -56,6 +56,34 @@ CREATE TABLE IF NOT EXISTS iterations (
     created TEXT NOT NULL,
     info    TEXT NOT NULL
 );
+-- Added with the training API (IF NOT EXISTS: older projects get them when opened).
+-- A tag's description (the hosted API's Tag.description); no row = "".
+CREATE TABLE IF NOT EXISTS tag_descriptions (
+    tag_id      TEXT PRIMARY KEY REFERENCES tags(id) ON DELETE CASCADE,
+    description TEXT NOT NULL
+);
+-- An image's metadata (the hosted API's Image.metadata): string keys and values.
+CREATE TABLE IF NOT EXISTS image_metadata (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    key      TEXT NOT NULL,
+    value    TEXT NOT NULL,
+    PRIMARY KEY (image_id, key)
+);
+-- Images sent to a prediction route with storing on (see edgevision.store.predictions): the file is
+-- content-addressed under predictions/, results is the ImagePrediction's "predictions" JSON list.
+CREATE TABLE IF NOT EXISTS predictions (
+    id           TEXT PRIMARY KEY,
+    sha256       TEXT NOT NULL,
+    file         TEXT NOT NULL,
+    format       TEXT NOT NULL,
+    width        INTEGER NOT NULL,
+    height       INTEGER NOT NULL,
+    iteration_id TEXT NOT NULL,
+    created      TEXT NOT NULL,
+    uncertainty  REAL NOT NULL,
+    results      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_by_created ON predictions(created);
 """
 
 

@@ -134,6 +134,7 @@ class ImageRecord:
     width: int
     height: int
     tags: tuple[str, ...]
+    created: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,9 @@ class ImportItem:
     tags: tuple[str, ...] = ()
     origin: str = ""
     regions: tuple[RegionSpec, ...] = ()
+    #: The file's bytes when they did not come from a file (an upload to the training API); ``path``
+    #: then only names it (its ``.name`` becomes the image's original name).
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -224,6 +228,12 @@ class Project:
         self.domain: str = meta["domain"]
         self.description: str = meta.get("description", "")
         self.created: str = meta["created"]
+        #: The name the training API shows (any text, as the hosted service allows); the folder name otherwise.
+        self.display_name: str = meta.get("display_name") or self.name
+        #: When a project setting last changed through the training API (``created`` until then).
+        self.modified: str = meta.get("modified") or self.created
+        #: The hosted service's targetExportPlatforms setting, kept for clients that read it back.
+        self.target_platforms: list[str] = json.loads(meta.get("target_platforms") or "[]")
         #: A UUID that names the project in the training API (the folder name is ``name``).
         #: Projects made before it existed get one the first time they are opened.
         self.id: str = meta.get("id") or self._assign_id()
@@ -244,6 +254,7 @@ class Project:
         *,
         description: str = "",
         home: str | os.PathLike | None = None,
+        display_name: str | None = None,
     ) -> "Project":
         """Create a new, empty project.
 
@@ -253,6 +264,8 @@ class Project:
             domain: a domain name from ``edgevision domains`` (default ``general-compact``).
             description: free text shown by ``project show``.
             home: edgevision home (default ``$EDGEVISION_HOME`` or ``~/.edgevision``).
+            display_name: the name the training API shows, when it differs from the folder name
+                (the hosted service allows any text).
 
         Raises:
             UsageError: bad name, type or domain. ProjectExistsError: the name is taken.
@@ -286,7 +299,7 @@ class Project:
                         ("created", _now()),
                         ("id", str(uuid.uuid4())),
                         ("schema_version", str(db.SCHEMA_VERSION)),
-                    ],
+                    ] + ([("display_name", display_name)] if display_name and display_name != name else []),
                 )
             conn.close()
             (tmp / "images").mkdir()
@@ -504,6 +517,7 @@ class Project:
             width=row["width"],
             height=row["height"],
             tags=tags,
+            created=row["created"],
         )
 
     def add_images(
@@ -542,7 +556,7 @@ class Project:
             try:
                 self._check_item_tags(item)
                 regions = self._check_item_regions(item, report)
-                accepted.append((item, inspect_image(item.path), regions))
+                accepted.append((item, inspect_image(item.path, item.data), regions))
             except (ImageRejectedError, TagError, RegionError) as exc:
                 report.skipped.append((item.origin or str(item.path), str(exc)))
         if progress:
@@ -588,7 +602,7 @@ class Project:
     def _stage(change: Path, n: int, item: ImportItem, info: ImageInfo, staged: dict[str, Path], changed: set[int],
                report: ImportReport) -> None:
         """Copy one new image into the import's staging folder (flushed to disk), unless it changed."""
-        data = item.path.read_bytes()
+        data = item.data if item.data is not None else item.path.read_bytes()
         if hashlib.sha256(data).hexdigest() != info.sha256:
             report.skipped.append((str(item.path), "file changed while it was being imported; import it again"))
             changed.add(n)
@@ -948,6 +962,270 @@ class Project:
                 f"{detail}; add images with regions of these tags or delete the tags"
             )
         return tags
+
+    # ------------------------------------------------------------------ training API helpers
+    def update_settings(self, *, display_name: str | None = None, description: str | None = None,
+                        domain: str | None = None, type: str | None = None,
+                        target_platforms: Sequence[str] | None = None) -> None:
+        """Change the settings the training API can change (None leaves one as it is), in one transaction.
+
+        Raises:
+            UsageError: an unknown domain or type, classification <-> detection (create a new project
+                instead), or multilabel -> multiclass while an image has several tags.
+        """
+        from edgevision.domains import get_domain
+
+        updates: dict[str, str] = {}
+        if display_name is not None:
+            updates["display_name"] = display_name
+        if description is not None:
+            updates["description"] = description
+        if domain is not None:
+            get_domain(domain)
+            updates["domain"] = domain
+        if type is not None and type != self.type:
+            if type not in PROJECT_TYPES:
+                raise UsageError(f"unknown project type {type!r}; choose one of {', '.join(PROJECT_TYPES)}")
+            if (type == "detection") != (self.type == "detection"):
+                raise UsageError(f"project {self.name!r} is a {self.type} project and cannot become {type}; "
+                                 "create a new project of that type and add the images there")
+            if type == "multiclass" and self._conn.execute(
+                    "SELECT 1 FROM image_tags GROUP BY image_id HAVING COUNT(*) > 1 LIMIT 1").fetchone():
+                raise UsageError(f"project {self.name!r} has images with several tags; a multiclass image takes one "
+                                 "tag, so remove the extra tags first")
+            updates["type"] = type
+        if target_platforms is not None:
+            updates["target_platforms"] = json.dumps(list(target_platforms))
+        updates["modified"] = _now()
+        with db.transaction(self._conn):
+            self._conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(updates.items()))
+        self.display_name = updates.get("display_name", self.display_name) or self.name
+        self.description = updates.get("description", self.description)
+        self.domain = updates.get("domain", self.domain)
+        self.type = updates.get("type", self.type)
+        self.modified = updates["modified"]
+        if target_platforms is not None:
+            self.target_platforms = list(target_platforms)
+
+    def tag_by_id(self, tag_id: str) -> Tag | None:
+        """The tag with this id (exact, case-insensitive), with its counts; None if there is none."""
+        for tag in self.tags():
+            if tag.id.lower() == tag_id.lower():
+                return tag
+        return None
+
+    def tag_descriptions(self) -> dict[str, str]:
+        """Tag descriptions by tag id (tags without one are absent)."""
+        return {r[0]: r[1] for r in self._conn.execute("SELECT tag_id, description FROM tag_descriptions")}
+
+    def set_tag_description(self, tag_id: str, description: str) -> None:
+        """Set (or with ``""`` clear) a tag's description."""
+        with db.transaction(self._conn):
+            if description:
+                self._conn.execute("INSERT OR REPLACE INTO tag_descriptions(tag_id, description) VALUES (?, ?)",
+                                   (tag_id, description))
+            else:
+                self._conn.execute("DELETE FROM tag_descriptions WHERE tag_id = ?", (tag_id,))
+
+    def _image_filter(self, ids: Sequence[str] | None, tag_ids: Sequence[str] | None,
+                      tagged: bool | None) -> tuple[str, list[Any]]:
+        link = "regions" if self.type == "detection" else "image_tags"
+        where: list[str] = []
+        args: list[Any] = []
+        if ids is not None:
+            where.append(f"lower(i.id) IN ({', '.join('?' * len(ids))})" if ids else "0")
+            args.extend(i.lower() for i in ids)
+        if tag_ids:
+            where.append(f"EXISTS (SELECT 1 FROM {link} x WHERE x.image_id = i.id AND lower(x.tag_id) IN "
+                         f"({', '.join('?' * len(tag_ids))}))")
+            args.extend(t.lower() for t in tag_ids)
+        if tagged is True:
+            where.append(f"EXISTS (SELECT 1 FROM {link} x WHERE x.image_id = i.id)")
+        elif tagged is False:
+            where.append(f"NOT EXISTS (SELECT 1 FROM {link} x WHERE x.image_id = i.id)")
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def find_images(self, *, ids: Sequence[str] | None = None, tag_ids: Sequence[str] | None = None,
+                    tagged: bool | None = None, newest_first: bool = True, take: int | None = None,
+                    skip: int = 0) -> list[ImageRecord]:
+        """Images by id, by tag id (any of them) and/or tagged state, newest (or oldest) first, a page at a time.
+
+        In a detection project "tagged" means "has regions" and a tag selects images with a region of it.
+        """
+        where, args = self._image_filter(ids, tag_ids, tagged)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT i.* FROM images i{where} ORDER BY i.created {order}, i.rowid {order} LIMIT ? OFFSET ?"
+        rows = self._conn.execute(sql, [*args, -1 if take is None else take, skip]).fetchall()
+        names = self._image_tag_names()
+        return [self._record(r, names.get(r["id"], ())) for r in rows]
+
+    def count_images(self, *, tag_ids: Sequence[str] | None = None, tagged: bool | None = None) -> int:
+        """How many images :meth:`find_images` would list without paging."""
+        where, args = self._image_filter(None, tag_ids, tagged)
+        return self._conn.execute(f"SELECT COUNT(*) FROM images i{where}", args).fetchone()[0]
+
+    def image_tag_links(self, image_ids: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """The (tag id, tag name) pairs on each image, by image id: its tags, or in a detection project
+        the tags of its regions (once each)."""
+        out: dict[str, list[tuple[str, str]]] = {i: [] for i in image_ids}
+        if not image_ids:
+            return out
+        link = "regions" if self.type == "detection" else "image_tags"
+        marks = ", ".join("?" * len(image_ids))
+        rows = self._conn.execute(
+            f"SELECT DISTINCT x.image_id, t.id, t.name FROM {link} x JOIN tags t ON t.id = x.tag_id "
+            f"WHERE x.image_id IN ({marks}) ORDER BY t.name COLLATE NOCASE", list(image_ids))
+        for r in rows:
+            out.setdefault(r[0], []).append((r[1], r[2]))
+        return out
+
+    def regions_of(self, image_ids: Sequence[str]) -> dict[str, list[Region]]:
+        """Each image's regions (in the order added), by image id."""
+        out: dict[str, list[Region]] = {i: [] for i in image_ids}
+        if image_ids:
+            marks = ", ".join("?" * len(image_ids))
+            for region in self._region_rows(f"WHERE r.image_id IN ({marks})", tuple(image_ids)):
+                out.setdefault(region.image_id, []).append(region)
+        return out
+
+    def image_metadata(self, image_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Each image's metadata (string keys and values), by image id."""
+        out: dict[str, dict[str, str]] = {i: {} for i in image_ids}
+        if image_ids:
+            rows = self._conn.execute(
+                f"SELECT image_id, key, value FROM image_metadata WHERE image_id IN ({', '.join('?' * len(image_ids))}) "
+                "ORDER BY key", list(image_ids))
+            for r in rows:
+                out.setdefault(r[0], {})[r[1]] = r[2]
+        return out
+
+    def update_image_metadata(self, image_ids: Sequence[str], metadata: dict[str, str], *,
+                              limit: int | None = None) -> dict[str, dict[str, str] | None]:
+        """Add or replace metadata entries on images, in one transaction.
+
+        Returns:
+            By image id: its metadata after the change; None for an unknown image; the metadata unchanged
+            when the change would give it more than ``limit`` entries (nothing is written for it then).
+        """
+        out: dict[str, dict[str, str] | None] = {}
+        with db.transaction(self._conn):
+            for image_id in image_ids:
+                row = self._conn.execute("SELECT id FROM images WHERE lower(id) = lower(?)", (image_id,)).fetchone()
+                if row is None:
+                    out[image_id] = None
+                    continue
+                current = self.image_metadata([row[0]])[row[0]]
+                if limit is not None and len({**current, **metadata}) > limit:
+                    out[image_id] = current
+                    continue
+                self._conn.executemany("INSERT OR REPLACE INTO image_metadata(image_id, key, value) VALUES (?, ?, ?)",
+                                       [(row[0], k, v) for k, v in metadata.items()])
+                out[image_id] = {**current, **metadata}
+        return out
+
+    def tag_images(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        """Add tags to images of a classification project, in one transaction.
+
+        Args:
+            pairs: (image id, tag id) pairs; both must exist.
+
+        Returns:
+            Per pair: ``created``, ``duplicated`` (the image already had it) or ``exceeded`` (a multiclass
+            image that already has another tag).
+
+        Raises:
+            UsageError: a detection project (its tags sit on regions), or an unknown image or tag id.
+            TagError: the Negative tag and another one on the same image (nothing is changed then).
+        """
+        if self.type == "detection":
+            raise UsageError(f"project {self.name!r} is a detection project: tag regions (POST images/regions), "
+                             "not whole images")
+        tags = {t.id.lower(): t for t in self.tags()}
+        statuses: list[str] = []
+        with db.transaction(self._conn):
+            for image_id, tag_id in pairs:
+                tag = tags.get(tag_id.lower())
+                if tag is None:
+                    raise UsageError(f"project {self.name!r} has no tag with id {tag_id!r}; GET tags lists them")
+                row = self._conn.execute("SELECT id FROM images WHERE lower(id) = lower(?)", (image_id,)).fetchone()
+                if row is None:
+                    raise UsageError(f"project {self.name!r} has no image with id {image_id!r}")
+                current = {r[0]: r[1] for r in self._conn.execute(
+                    "SELECT t.id, t.kind FROM image_tags it JOIN tags t ON t.id = it.tag_id WHERE it.image_id = ?",
+                    (row[0],))}
+                if tag.id in current:
+                    statuses.append("duplicated")
+                elif current and (tag.kind == "negative" or "negative" in current.values()):
+                    raise TagError(f"image {row[0]}: '{config.NEGATIVE_TAG}' means 'none of the tags' and cannot be "
+                                   "combined with other tags; remove the image's tags first")
+                elif current and self.type == "multiclass":
+                    statuses.append("exceeded")
+                else:
+                    self._conn.execute("INSERT INTO image_tags(image_id, tag_id) VALUES (?, ?)", (row[0], tag.id))
+                    statuses.append("created")
+        return statuses
+
+    def untag_images(self, image_ids: Sequence[str], tag_ids: Sequence[str]) -> int:
+        """Remove these tags from these images (pairs that are not there are ignored); returns how many went."""
+        if not image_ids or not tag_ids:
+            return 0
+        with db.transaction(self._conn):
+            cursor = self._conn.execute(
+                f"DELETE FROM image_tags WHERE lower(image_id) IN ({', '.join('?' * len(image_ids))}) "
+                f"AND lower(tag_id) IN ({', '.join('?' * len(tag_ids))})",
+                [i.lower() for i in image_ids] + [t.lower() for t in tag_ids])
+            return cursor.rowcount
+
+    def add_regions(self, entries: Sequence[tuple[str, str, float, float, float, float]]
+                    ) -> list[tuple[str, Region | None]]:
+        """Add boxes to images of a detection project, in one transaction.
+
+        Args:
+            entries: (image id, tag id, left, top, width, height), boxes as fractions of the image.
+
+        Returns:
+            Per entry: (``created``, the region), (``duplicated``, None) for a region identical to one the
+            image has, or (``exceeded``, None) when the image has 300 regions already.
+
+        Raises:
+            UsageError: not a detection project, an unknown image or tag id.
+            RegionError: a box not inside the image. TagError: the Negative tag.
+        """
+        self._require_detection("adding regions")
+        tags = {t.id.lower(): t for t in self.tags()}
+        out: list[tuple[str, Region | None]] = []
+        with db.transaction(self._conn):
+            for n, (image_id, tag_id, left, top, width, height) in enumerate(entries, 1):
+                tag = tags.get(str(tag_id).lower())
+                if tag is None:
+                    raise UsageError(f"region {n}: project {self.name!r} has no tag with id {tag_id!r}")
+                row = self._conn.execute("SELECT id FROM images WHERE lower(id) = lower(?)", (image_id,)).fetchone()
+                if row is None:
+                    raise UsageError(f"region {n}: project {self.name!r} has no image with id {image_id!r}")
+                what = f"region {n} (image {row[0]}, tag {tag.name!r})"
+                self._check_region_tag(tag.name, what)
+                check_region_box(left, top, width, height, what)
+                current = self._region_rows("WHERE r.image_id = ?", (row[0],))
+                spec = RegionSpec(tag.name, left, top, width, height)
+                if any(spec.same_as(r.tag, r.left, r.top, r.width, r.height) for r in current):
+                    out.append(("duplicated", None))
+                elif len(current) >= MAX_REGIONS_PER_IMAGE:
+                    out.append(("exceeded", None))
+                else:
+                    region_id = self._insert_region(row[0], tag.id, left, top, width, height)
+                    out.append(("created", Region(region_id, row[0], tag.name, float(left), float(top),
+                                                  float(width), float(height))))
+        return out
+
+    def remove_regions(self, region_ids: Sequence[str]) -> int:
+        """Remove regions by exact id (unknown ids are ignored); returns how many went."""
+        if not region_ids:
+            return 0
+        with db.transaction(self._conn):
+            cursor = self._conn.execute(
+                f"DELETE FROM regions WHERE lower(id) IN ({', '.join('?' * len(region_ids))})",
+                [r.lower() for r in region_ids])
+            return cursor.rowcount
 
     # ------------------------------------------------------------------ import/export helpers
     def import_folder(self, root: str | os.PathLike, *, progress: Progress | None = None) -> ImportReport:

@@ -49,6 +49,7 @@ def train(
     progress: Progress | None = None,
     qat: bool = False,
     prune: float | None = None,
+    iteration_id: str | None = None,
 ) -> "Iteration":
     """Train a new iteration of a classification project and store it.
 
@@ -71,6 +72,8 @@ def train(
             :mod:`edgevision.training.quantization`.
         prune: zero this fraction (0 < s < 1) of the backbone's conv weights by magnitude pruning
             during a short fine-tune; the stored model is the pruned float model. Classifiers only.
+        iteration_id: the new iteration's id (a UUID string; default a fresh one). The training API
+            hands it out before training starts, so the finished iteration keeps it.
 
     Returns:
         The new :class:`~edgevision.iteration.Iteration`.
@@ -89,8 +92,9 @@ def train(
     from edgevision.training import quantization
 
     quantization.check_request(project.type, qat=qat, prune=prune)
+    iteration_id = _check_iteration_id(project, iteration_id)
     if project.type == "detection":
-        return _train_detection(project, mode, seed=seed, budget=budget, progress=progress)
+        return _train_detection(project, mode, seed=seed, budget=budget, progress=progress, iteration_id=iteration_id)
     ts = build_training_set(project)
     from edgevision._tf import import_tf
     from edgevision.domains import get_domain
@@ -128,7 +132,7 @@ def train(
                 seed=seed, multilabel=not ts.multiclass, progress=progress)
             quantization.save_qat_model(qat_model, staging)
         _write_iteration_files(staging, result.pop("model"), ts.labels, result.pop("evaluation"))
-        info = _info(project, ts, domain.name, mode, seed, time.monotonic() - started, result)
+        info = _info(project, ts, domain.name, mode, seed, time.monotonic() - started, result, iteration_id)
         return project._commit_iteration(staging, info)
     except BaseException:
         project.discard_staging(staging)
@@ -146,8 +150,21 @@ def _write_iteration_files(staging: Path, model: Any, labels: list[str], evaluat
     np.savez(staging / EVALUATION_FILE, **evaluation)
 
 
+def _check_iteration_id(project: "Project", iteration_id: str | None) -> str:
+    """``iteration_id`` as a canonical UUID string (a fresh one when None), unused in the project."""
+    if iteration_id is None:
+        return str(uuid.uuid4())
+    try:
+        canonical = str(uuid.UUID(str(iteration_id)))
+    except ValueError:
+        raise UsageError(f"iteration id {iteration_id!r} is not a UUID") from None
+    if any(it.id.lower() == canonical for it in project.iterations()):
+        raise UsageError(f"project {project.name!r} already has an iteration with id {canonical}")
+    return canonical
+
+
 def _train_detection(project: "Project", mode: str, *, seed: int, budget: float | None,
-                     progress: Progress | None) -> "Iteration":
+                     progress: Progress | None, iteration_id: str) -> "Iteration":
     """Detector training (see :mod:`edgevision.training.detection`), stored like a classifier iteration."""
     import tensorflow as tf
 
@@ -162,7 +179,7 @@ def _train_detection(project: "Project", mode: str, *, seed: int, budget: float 
         labels = result.pop("labels")
         _write_iteration_files(staging, result.pop("model"), labels, result.pop("evaluation"))
         info = {
-            "id": str(uuid.uuid4()),
+            "id": iteration_id,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "project": project.name,
             "type": project.type,
@@ -182,12 +199,13 @@ def _train_detection(project: "Project", mode: str, *, seed: int, budget: float 
         raise
 
 
-def _info(project: "Project", ts: TrainingSet, domain: str, mode: str, seed: int, seconds: float, result: dict) -> dict:
+def _info(project: "Project", ts: TrainingSet, domain: str, mode: str, seed: int, seconds: float, result: dict,
+          iteration_id: str) -> dict:
     import tensorflow as tf
 
     per_tag = ts.targets.sum(axis=0).astype(int).tolist()
     return {
-        "id": str(uuid.uuid4()),
+        "id": iteration_id,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "project": project.name,
         "type": project.type,
