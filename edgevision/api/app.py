@@ -364,6 +364,8 @@ class ApiApp:
         request.params = params
         if route.training:
             self.check_key(request, "Training-Key")
+        if route.locked and request.method in ("POST", "PUT", "PATCH"):
+            request.body()  # read the upload before taking the store lock: a slow client must not block others
         try:
             if route.locked:
                 with self.lock:

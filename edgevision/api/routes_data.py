@@ -63,7 +63,10 @@ MAX_BATCH_ENTRIES = 64
 @ROUTES.path("GET", "/edgevision/health", locked=False)
 def health(app: ApiApp, request: Request) -> dict[str, Any]:
     """Liveness and the home folder served."""
-    return {"status": "ok", "home": str(app.home), "keyRequired": app.key is not None}
+    # The home folder (it names the user) only when no key guards the server, i.e. on loopback.
+    if app.key is not None:
+        return {"status": "ok", "keyRequired": True}
+    return {"status": "ok", "home": str(app.home), "keyRequired": False}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -100,7 +103,7 @@ def _text(value: Any, what: str, limit: int) -> str:
 
 def _take_skip(request: Request) -> tuple[int, int]:
     take = int(request.number("take", DEFAULT_TAKE, low=0, high=MAX_TAKE))
-    skip = int(request.number("skip", 0, low=0))
+    skip = int(request.number("skip", 0, low=0, high=2**31))
     return take, skip
 
 
@@ -115,6 +118,16 @@ def _check_iteration_arg(request: Request) -> None:
     if request.arg("iterationId"):
         raise ApiError(400, "BadRequestNotSupported", "iterationId is not supported on image and tag listings here: "
                                                       "they always show the project's current images and tags")
+
+
+def _bound(item: dict[str, Any], name: str, default: float) -> float:
+    value = item.get(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, "BadRequestPredictionInvalidQueryParameters", f"tags: {name} must be a number") from None
 
 
 # ---------------------------------------------------------------------------- domains
@@ -258,8 +271,10 @@ def delete_project(app: ApiApp, request: Request) -> None:
         raise ApiError(400, "BadRequestProjectTrainingInProgress",
                        f"project {project.display_name!r} has a training or export queued or running; "
                        "wait for it to finish (GET its iterations and exports), then delete the project")
-    project.delete()
-    app.forget_project(project)
+    try:
+        project.delete()
+    finally:
+        app.forget_project(project)
 
 
 @ROUTES.training("PATCH", "projects/{projectId}")
@@ -754,7 +769,7 @@ def query_predictions(app: ApiApp, request: Request) -> dict[str, Any]:
         def keep(p: stored.StoredPrediction) -> bool:
             for f in filters:
                 value = p.probability(str(f.get("id", "")))
-                if float(f.get("minThreshold") or 0.0) <= value <= float(f.get("maxThreshold") or 1.0) and value > 0:
+                if _bound(f, "minThreshold", 0.0) <= value <= _bound(f, "maxThreshold", 1.0) and value > 0:
                     return True
             return False
         rows = [p for p in rows if keep(p)]

@@ -580,7 +580,7 @@ def get_image_performances(app: ApiApp, request: Request) -> list[dict[str, Any]
     project = app.project(request.params["projectId"])
     it = _completed(app, project, request.params["iterationId"])
     take = int(request.number("take", 50, low=0, high=256))
-    skip = int(request.number("skip", 0, low=0))
+    skip = int(request.number("skip", 0, low=0, high=2**31))
     return _image_performances(request, project, it)[skip:skip + take]
 
 
@@ -689,13 +689,18 @@ def _image_bytes(app: ApiApp, request: Request, source: str) -> bytes:
     return image_from_body(request.body(), request.headers.get("Content-Type"))
 
 
-def _store(project: Any, data: bytes, iteration_id: str, payload: dict[str, Any]) -> None:
+def _store(app: ApiApp, project: Any, data: bytes, iteration_id: str, payload: dict[str, Any]) -> None:
     """Keep the image and the answer as a stored prediction (the answer's ``id`` becomes its id)."""
     from edgevision.errors import ImageRejectedError
     from edgevision.store.predictions import store_prediction
 
     try:
-        payload["id"] = store_prediction(project, data, iteration_id=iteration_id, predictions=payload["predictions"])
+        # Under the store lock, and only while the project still exists: a DELETE of the project
+        # during the inference must not be undone by writing into its removed folder.
+        with app.lock:
+            if not (project.path / "project.sqlite").is_file():
+                return
+            payload["id"] = store_prediction(project, data, iteration_id=iteration_id, predictions=payload["predictions"])
     except ImageRejectedError as exc:  # the model could read it, the store cannot keep it: answer all the same
         log.warning("prediction for %s not stored: %s", project.name, exc)
 
@@ -730,7 +735,7 @@ def _prediction(app: ApiApp, request: Request) -> Response:
     data = _image_bytes(app, request, source)
     payload = _predict(app, project, it, data)
     if not request.path.rstrip("/").lower().endswith("/nostore"):
-        _store(project, data, it.id, payload)
+        _store(app, project, data, it.id, payload)
     return Response.json(payload)
 
 
@@ -760,7 +765,7 @@ def _quick_test(app: ApiApp, request: Request, source: str) -> Response:
         data = _image_bytes(app, request, "url")
     payload = _predict(app, project, it, data)
     if store:
-        _store(project, data, it.id, payload)
+        _store(app, project, data, it.id, payload)
     return Response.json(payload)
 
 
@@ -940,7 +945,7 @@ def _export_runner(app: ApiApp, project_path: Path, iteration_id: str, number: i
 def download_export(app: ApiApp, request: Request) -> Response:
     """An export's zip (the Export record's ``downloadUri``): the key, or the URL's own ``sig``."""
     signature = request.arg("sig")
-    if app.key is not None and not (signature and hmac.compare_digest(signature, _signature(app, request.path))):
+    if app.key is not None and not (signature and hmac.compare_digest(signature.encode(), _signature(app, request.path).encode())):
         app.check_key(request, "Training-Key")
     file = request.params["file"]
     if not file.lower().endswith(".zip"):

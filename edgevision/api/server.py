@@ -46,6 +46,11 @@ class TrainingApiServer(ApiServer):
             self._send_asset(handler, "index.html" if path == "/" else path[len("/portal/"):])
             return
         host = handler.headers.get("Host") or f"{self.server_name}:{self.server_port}"
+        if self.app.key is None and not _loopback_host(host):
+            # No key means loopback only; a page on another site whose name was rebound to 127.0.0.1
+            # (DNS rebinding) still sends its own name as Host, so refuse that.
+            raise ApiError(403, "Forbidden", f"Host {host[:100]!r} is not a loopback name; without --key this server "
+                                             "answers only http://127.0.0.1 / localhost")
         request = Request(
             method=handler.command,
             path=path,
@@ -75,6 +80,20 @@ class TrainingApiServer(ApiServer):
             "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
                                        "frame-ancestors 'none'",
         })
+
+
+def _loopback_host(host: str) -> bool:
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_query(query: str) -> dict[str, list[str]]:

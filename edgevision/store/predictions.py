@@ -98,13 +98,15 @@ def store_prediction(project: Any, data: bytes, *, iteration_id: str, prediction
 
     sha = hashlib.sha256(data).hexdigest()
     rel = Path(_FOLDER) / sha[:2] / (sha + _EXTENSIONS[fmt])
-    _write_atomic(project.path / rel, data)  # first the file: a row never points at a missing one
     prediction_id = str(uuid.uuid4())
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
     score = uncertainty(project.type, predictions)
     conn = db.connect(project.path / _DB_FILE)
     try:
         with db.transaction(conn):
+            # The file first, inside the write transaction: a delete of the same content cannot run in
+            # between, and a row never points at a missing file.
+            _write_atomic(project.path / rel, data)
             conn.execute(
                 "INSERT INTO predictions(id, sha256, file, format, width, height, iteration_id, created, uncertainty,"
                 " results) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -596,3 +596,11 @@ def test_hosted_training_sdk_drives_the_data_routes(api: ApiClient) -> None:
     assert [p.id for p in trainer.get_projects()] == [project.id]
     with pytest.raises(CustomVisionErrorException):
         trainer.get_project(detector.id)
+
+
+def test_keyless_server_refuses_foreign_host_names(api: ApiClient) -> None:
+    """Without a key only loopback names are served: a rebound DNS name (another site's page) gets 403."""
+    answer = api.call("GET", "/projects", headers={"Host": "evil.example:5000"})
+    assert answer.status == 403 and answer.json["code"] == "Forbidden"
+    for host in ("localhost:5000", "127.0.0.1", "[::1]:80"):
+        assert api.call("GET", "/projects", headers={"Host": host}).status == 200
