@@ -364,19 +364,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self._body_pending or self.close_connection or self.server.closing:
-            # Unread body bytes still on the wire mean this connection cannot carry another request.
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.send_bytes(status, body, "application/json", {"Cache-Control": "no-store", **(headers or {})})
 
     def _send_api_error(self, error: ApiError) -> None:
         self._send_json(error.status, {"code": error.code, "message": error.message}, error.headers)
@@ -453,6 +441,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         if self._body_pending or self.close_connection or self.server.closing:
+            # Unread body bytes still on the wire mean this connection cannot carry another request.
             self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
