@@ -9,6 +9,7 @@ predictions); those routes need the key too when the server has one (header or t
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import binascii
 import re
 import unicodedata
@@ -738,6 +739,28 @@ def _prediction_json(project: Project, p: stored.StoredPrediction, base_url: str
             "edgevisionUncertainty": round(p.uncertainty, 6)}
 
 
+def _utc_time(token: dict[str, Any], key: str) -> str | None:
+    """``token[key]`` (an ISO 8601 time, ``Z`` or any offset; no offset = UTC) in the stored predictions' own
+    format (UTC, milliseconds), so that comparing the text compares the instants; None when absent.
+
+    Raises:
+        ApiError: 400 when the value is not an ISO 8601 date-time.
+    """
+    value = token.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        when = _dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None:
+        raise ApiError(400, "BadRequestPredictionInvalidQueryParameters",
+                       f"{key}={value!r}: expected an ISO 8601 date-time such as 2026-12-02T20:00:00Z")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
 @ROUTES.training("POST", "projects/{projectId}/predictions/query")
 def query_predictions(app: ApiApp, request: Request) -> dict[str, Any]:
     """PredictionQueryToken -> PredictionQueryResult; ``continuation`` pages on (``Suggested``: most unsure first)."""
@@ -764,7 +787,7 @@ def query_predictions(app: ApiApp, request: Request) -> dict[str, Any]:
         raise ApiError(400, "BadRequestPredictionTagsExceededCount", "at most 20 tags per query")
     iteration = token.get("iterationId")
     rows = stored.list_predictions(project, order_by=order, iteration_id=str(iteration) if iteration else None,
-                                   start=token.get("startTime") or None, end=token.get("endTime") or None)
+                                   start=_utc_time(token, "startTime"), end=_utc_time(token, "endTime"))
     if filters:
         def keep(p: stored.StoredPrediction) -> bool:
             for f in filters:

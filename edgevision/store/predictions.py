@@ -133,7 +133,8 @@ def list_predictions(project: Any, *, order_by: str = "Newest", iteration_id: st
     Args:
         order_by: ``Newest``, ``Oldest`` or ``Suggested`` (most unsure first, then newest).
         iteration_id: only those made by this iteration.
-        start, end: only those created in ``[start, end]`` (ISO 8601 strings, compared as text in UTC).
+        start, end: only those created in ``[start, end]`` (ISO 8601 strings in the stored format:
+            UTC ``+00:00`` with milliseconds, as ``created``; they are compared as text).
     """
     where, args = [], []
     if iteration_id:

@@ -4,6 +4,7 @@ image files, stored predictions, errors and keys; and the hosted service's train
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import io
 import threading
 import urllib.error
@@ -448,11 +449,22 @@ def test_stored_predictions(api: ApiClient, home: Path) -> None:
     assert [r["id"] for r in rest["results"]] == [sure] and rest["token"]["continuation"] is None
     assert [r["id"] for r in api.call("POST", query, json_body={"iterationId": iteration, "orderBy": "Oldest"}).json[
         "results"]] == [sure, unsure]
+    # Time windows: any ISO 8601 form (Z, an offset, no offset = UTC) is the instant it names.
+    created = {r["id"]: _dt.datetime.fromisoformat(r["created"]) for r in newest["results"]}
+    ms = _dt.timedelta(milliseconds=1)
+    after_sure = (created[sure] + ms).astimezone(_dt.timezone(_dt.timedelta(hours=5)))
+    window = api.call("POST", query, json_body={"orderBy": "Oldest", "startTime": after_sure.isoformat(),
+                                                 "endTime": (created[other] + ms).strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+    assert [r["id"] for r in window.json["results"]] == [x for x in (unsure, other) if created[x] > created[sure]]
+    naive = (created[other] + _dt.timedelta(hours=1)).replace(tzinfo=None).isoformat()
+    assert api.call("POST", query, json_body={"startTime": naive}).json["results"] == []
     filtered = api.call("POST", query, json_body={"tags": [{"id": a["id"], "minThreshold": 0.5, "maxThreshold": 0.9}]})
     assert [r["id"] for r in filtered.json["results"]] == [unsure]
     for body, code in (({"orderBy": "Best"}, "BadRequestPredictionInvalidQueryParameters"),
                        ({"maxCount": 1000}, "BadRequestPredictionResultsExceededCount"),
-                       ({"continuation": "abc"}, "BadRequestPredictionInvalidQueryParameters")):
+                       ({"continuation": "abc"}, "BadRequestPredictionInvalidQueryParameters"),
+                       ({"startTime": "yesterday"}, "BadRequestPredictionInvalidQueryParameters"),
+                       ({"endTime": 1700000000}, "BadRequestPredictionInvalidQueryParameters")):
         assert error_of(api.call("POST", query, json_body=body))[:2] == (400, code)
 
     # Add the unsure one to the training set with its right tag; an unknown id gets ErrorSource.
