@@ -9,8 +9,8 @@ predictions); those routes need the key too when the server has one (header or t
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import binascii
+import datetime as _dt
 import re
 import unicodedata
 import uuid
@@ -751,14 +751,13 @@ def _utc_time(token: dict[str, Any], key: str) -> str | None:
         return None
     try:
         when = _dt.datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        when = None
-    if when is None:
-        raise ApiError(400, "BadRequestPredictionInvalidQueryParameters",
-                       f"{key}={value!r}: expected an ISO 8601 date-time such as 2026-12-02T20:00:00Z")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        if when is not None:
+            when = when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
+            return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset is before year 1 in UTC
+        pass
+    raise ApiError(400, "BadRequestPredictionInvalidQueryParameters",
+                   f"{key}={value!r}: expected an ISO 8601 date-time such as 2026-12-02T20:00:00Z")
 
 
 @ROUTES.training("POST", "projects/{projectId}/predictions/query")

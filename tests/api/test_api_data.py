@@ -464,7 +464,8 @@ def test_stored_predictions(api: ApiClient, home: Path) -> None:
                        ({"maxCount": 1000}, "BadRequestPredictionResultsExceededCount"),
                        ({"continuation": "abc"}, "BadRequestPredictionInvalidQueryParameters"),
                        ({"startTime": "yesterday"}, "BadRequestPredictionInvalidQueryParameters"),
-                       ({"endTime": 1700000000}, "BadRequestPredictionInvalidQueryParameters")):
+                       ({"endTime": 1700000000}, "BadRequestPredictionInvalidQueryParameters"),
+                       ({"startTime": "0001-01-01T00:00:00+05:00"}, "BadRequestPredictionInvalidQueryParameters")):
         assert error_of(api.call("POST", query, json_body=body))[:2] == (400, code)
 
     # Add the unsure one to the training set with its right tag; an unknown id gets ErrorSource.
