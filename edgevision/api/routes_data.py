@@ -813,4 +813,6 @@ def delete_predictions(app: ApiApp, request: Request) -> None:
     ids = _ids(request, "ids", limit=MAX_BATCH_ENTRIES)
     if not ids:
         raise ApiError(400, "BadRequestPredictionIdsMissing", "pass ids=ID,ID,... (at most 64)")
+    contents = [p.sha256 for p in (stored.get_prediction(project, i) for i in ids) if p is not None]
     stored.delete_predictions(project, ids)
+    remove_previews(project.path, stored.unused_contents(project, contents))

@@ -158,6 +158,14 @@ def get_prediction(project: Any, prediction_id: str) -> StoredPrediction | None:
     return _record(project, row) if row else None
 
 
+def unused_contents(project: Any, sha256s: Iterable[str]) -> list[str]:
+    """Those of ``sha256s`` that neither a stored prediction nor a project image has (their previews can go)."""
+    conn = project._conn
+    return [sha for sha in dict.fromkeys(sha256s)
+            if not conn.execute("SELECT 1 FROM predictions WHERE sha256 = ?", (sha,)).fetchone()
+            and not conn.execute("SELECT 1 FROM images WHERE sha256 = ?", (sha,)).fetchone()]
+
+
 def delete_predictions(project: Any, ids: Iterable[str]) -> int:
     """Delete stored predictions (rows, then files no other row uses); unknown ids are ignored.
 

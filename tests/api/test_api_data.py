@@ -476,10 +476,15 @@ def test_stored_predictions(api: ApiClient, home: Path) -> None:
     assert added.json["images"][0]["image"]["tags"][0]["tagId"] == b["id"]
     assert fetch(added.json["images"][0]["image"]["originalImageUri"])[2] == image_bytes("blue")
 
-    assert api.call("DELETE", f"/projects/{pid}/predictions?ids={sure},{other}").status == 204
+    previews = home / "projects" / "review" / "previews"
+    assert [p for p in previews.rglob("*.jpg")]  # the red thumbnail fetched above
+    assert api.call("DELETE", f"/projects/{pid}/predictions?ids={sure}").status == 204
+    assert [p for p in previews.rglob("*.jpg")]  # `other` is red too: its preview stays
+    assert api.call("DELETE", f"/projects/{pid}/predictions?ids={other}").status == 204
     assert [r["id"] for r in api.call("POST", query, json_body={}).json["results"]] == [unsure]
     folder = home / "projects" / "review" / "predictions"
     assert len([p for p in folder.rglob("*") if p.is_file()]) == 1  # the red file went with its last prediction
+    assert not [p for p in previews.rglob("*.jpg")]  # and so did its cached previews
     assert error_of(api.call("DELETE", f"/projects/{pid}/predictions"))[:2] == (400, "BadRequestPredictionIdsMissing")
 
 
