@@ -819,17 +819,36 @@ def _hosted_names(cls: Any, flavor: str) -> tuple[str, str | None]:
     return cls.name, flavor
 
 
+#: How long a signed export download link (``downloadUri`` on a key-protected server) stays valid.
+#: Every GET of the exports hands out a fresh one.
+DOWNLOAD_LINK_SECONDS = 24 * 3600
+
+
 def _download_uri(app: ApiApp, request: Request, project_id: str, iteration_id: str, name: str) -> str:
     path = f"/edgevision/exports/{project_id}/{iteration_id}/{name}.zip"
     uri = request.base_url + path
     if app.key is not None:
-        uri += "?sig=" + _signature(app, path)
+        expires = int(time.time()) + DOWNLOAD_LINK_SECONDS
+        uri += f"?se={expires}&sig=" + _signature(app, path, expires)
     return uri
 
 
-def _signature(app: ApiApp, path: str) -> str:
-    """Like the hosted service's SAS URLs: the download URL carries its own authorisation."""
-    return hmac.new((app.key or "").encode(), path.lower().encode(), hashlib.sha256).hexdigest()[:40]
+def _signature(app: ApiApp, path: str, expires: int) -> str:
+    """Like the hosted service's SAS URLs: the download URL carries its own authorisation, until ``expires``
+    (Unix seconds, signed with the path so it cannot be moved)."""
+    message = f"{path.lower()}|{expires}".encode()
+    return hmac.new((app.key or "").encode(), message, hashlib.sha256).hexdigest()[:40]
+
+
+def _link_state(app: ApiApp, request: Request) -> str:
+    """``ok`` when the request's ``se`` / ``sig`` sign its path and have not expired; ``expired`` when they
+    sign it but the time has passed; ``none`` otherwise (no signature, or a wrong one)."""
+    signature, expires = request.arg("sig"), request.arg("se")
+    if not signature or not expires or not expires.isdigit() or len(expires) > 12:
+        return "none"
+    if not hmac.compare_digest(signature.encode(), _signature(app, request.path, int(expires)).encode()):
+        return "none"
+    return "ok" if int(expires) >= time.time() else "expired"
 
 
 def _export_json(app: ApiApp, request: Request, project: Any, it: Any, name: str, record: dict[str, Any],
@@ -944,9 +963,16 @@ def _export_runner(app: ApiApp, project_path: Path, iteration_id: str, number: i
 @ROUTES.path("GET", "/edgevision/exports/{projectId}/{iterationId}/{file}", locked=False)
 def download_export(app: ApiApp, request: Request) -> Response:
     """An export's zip (the Export record's ``downloadUri``): the key, or the URL's own ``sig``."""
-    signature = request.arg("sig")
-    if app.key is not None and not (signature and hmac.compare_digest(signature.encode(), _signature(app, request.path).encode())):
-        app.check_key(request, "Training-Key")
+    link = _link_state(app, request) if app.key is not None else "ok"
+    if link != "ok":
+        try:
+            app.check_key(request, "Training-Key")
+        except ApiError:
+            if link == "expired":
+                raise ApiError(401, "Unauthorized", "this download link has expired: get the iteration's exports "
+                                                    "again for a fresh downloadUri, or send the Training-Key header"
+                               ) from None
+            raise
     file = request.params["file"]
     if not file.lower().endswith(".zip"):
         raise ApiError(404, "NotFound", "export downloads end in .zip")

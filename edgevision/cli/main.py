@@ -820,16 +820,17 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
     # A wildcard address is not one a browser can open: show this machine's loopback instead.
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(str(bound_host), str(bound_host))
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{bound_port}/"
-    # Printed and flushed at once: scripts (and the tests) wait for this line to know the port.
-    print(f"training API and portal on {url} (home {server.app.home}); Ctrl-C stops", flush=True)
-    if key:
-        print("clients must send the key as the Training-Key header; the portal asks for it", flush=True)
-    if args.command == "portal" and not args.no_browser:
-        threading.Timer(0.3, webbrowser.open, args=(url,)).start()
     if threading.current_thread() is threading.main_thread():
-        # `kill` (SIGTERM) stops as cleanly as Ctrl-C: serve_api's clean-up runs, exit code 143.
+        # `kill` (SIGTERM) stops as cleanly as Ctrl-C: serve_api's clean-up runs, exit code 143. Installed
+        # before the address is printed: a script may send the signal as soon as it reads that line.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        # Printed and flushed at once: scripts (and the tests) wait for this line to know the port.
+        print(f"training API and portal on {url} (home {server.app.home}); Ctrl-C stops", flush=True)
+        if key:
+            print("clients must send the key as the Training-Key header; the portal asks for it", flush=True)
+        if args.command == "portal" and not args.no_browser:
+            threading.Timer(0.3, webbrowser.open, args=(url,)).start()
         serve_api(server)
     except KeyboardInterrupt:
         print("\nstopped", file=sys.stderr)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import json
 import time
+import urllib.parse
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+from edgevision.api import routes_training
 from tests.api.conftest import start_server, stop_server
 
 training_sdk = pytest.importorskip("azure.cognitiveservices.vision.customvision.training")
@@ -85,8 +87,18 @@ def export_and_download(trainer: CustomVisionTrainingClient, project_id: str, it
     answer = requests.get(export.download_uri, timeout=60)
     assert answer.status_code == 200, answer.text
     assert model in zipfile.ZipFile(io.BytesIO(answer.content)).namelist()
-    # ... and is refused when its signature is taken off.
-    assert requests.get(export.download_uri.split("?", 1)[0], timeout=60).status_code == 401
+    # ... and is refused when its signature is taken off or its expiry moved ...
+    base, query = export.download_uri.split("?", 1)
+    assert requests.get(base, timeout=60).status_code == 401
+    params = dict(urllib.parse.parse_qsl(query))
+    assert requests.get(f"{base}?se={int(params['se']) + 3600}&sig={params['sig']}", timeout=60).status_code == 401
+    # ... and once expired it says so; the key header still works.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(routes_training, "DOWNLOAD_LINK_SECONDS", -5)
+        (stale,) = [e for e in trainer.get_exports(project_id, iteration_id) if e.flavor == "TensorFlowLite"]
+    expired = requests.get(stale.download_uri, timeout=60)
+    assert expired.status_code == 401 and "expired" in expired.json()["message"]
+    assert requests.get(stale.download_uri, headers={"Training-Key": KEY}, timeout=60).status_code == 200
 
 
 def test_classification_flow(trainer, predictor, sample_dir: Path) -> None:
