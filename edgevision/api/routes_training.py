@@ -844,7 +844,7 @@ def _link_state(app: ApiApp, request: Request) -> str:
     """``ok`` when the request's ``se`` / ``sig`` sign its path and have not expired; ``expired`` when they
     sign it but the time has passed; ``none`` otherwise (no signature, or a wrong one)."""
     signature, expires = request.arg("sig"), request.arg("se")
-    if not signature or not expires or not expires.isdigit() or len(expires) > 12:
+    if not signature or not expires or not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
         return "none"
     if not hmac.compare_digest(signature.encode(), _signature(app, request.path, int(expires)).encode()):
         return "none"

@@ -92,6 +92,7 @@ def export_and_download(trainer: CustomVisionTrainingClient, project_id: str, it
     assert requests.get(base, timeout=60).status_code == 401
     params = dict(urllib.parse.parse_qsl(query))
     assert requests.get(f"{base}?se={int(params['se']) + 3600}&sig={params['sig']}", timeout=60).status_code == 401
+    assert requests.get(f"{base}?se=%C2%B2&sig={params['sig']}", timeout=60).status_code == 401  # '²' is no number
     # ... and once expired it says so; the key header still works.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(routes_training, "DOWNLOAD_LINK_SECONDS", -5)
