@@ -824,6 +824,10 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
         # `kill` (SIGTERM) stops as cleanly as Ctrl-C: serve_api's clean-up runs, exit code 143. Installed
         # before the address is printed: a script may send the signal as soon as it reads that line.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # A server started in the background by a script (`edgevision serve-api &`) inherits SIGINT
+        # ignored, and Python then never raises KeyboardInterrupt: `kill -INT` (and the Ctrl-C this
+        # command promises) would do nothing. Take SIGINT back explicitly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         # Printed and flushed at once: scripts (and the tests) wait for this line to know the port.
         print(f"training API and portal on {url} (home {server.app.home}); Ctrl-C stops", flush=True)
