@@ -739,9 +739,8 @@ def _prediction_json(project: Project, p: stored.StoredPrediction, base_url: str
             "edgevisionUncertainty": round(p.uncertainty, 6)}
 
 
-def _utc_time(token: dict[str, Any], key: str) -> str | None:
-    """``token[key]`` (an ISO 8601 time, ``Z`` or any offset; no offset = UTC) in the stored predictions' own
-    format (UTC, milliseconds), so that comparing the text compares the instants; None when absent.
+def _utc_time(token: dict[str, Any], key: str) -> _dt.datetime | None:
+    """``token[key]`` (an ISO 8601 time, ``Z`` or any offset; no offset = UTC) as a UTC datetime; None when absent.
 
     Raises:
         ApiError: 400 when the value is not an ISO 8601 date-time.
@@ -753,7 +752,7 @@ def _utc_time(token: dict[str, Any], key: str) -> str | None:
         when = _dt.datetime.fromisoformat(value) if isinstance(value, str) else None
         if when is not None:
             when = when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
-            return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds")
+            return when.astimezone(_dt.timezone.utc)
     except (ValueError, OverflowError):  # OverflowError: year 1 with a positive offset is before year 1 in UTC
         pass
     raise ApiError(400, "BadRequestPredictionInvalidQueryParameters",

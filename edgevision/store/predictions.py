@@ -99,7 +99,7 @@ def store_prediction(project: Any, data: bytes, *, iteration_id: str, prediction
     sha = hashlib.sha256(data).hexdigest()
     rel = Path(_FOLDER) / sha[:2] / (sha + _EXTENSIONS[fmt])
     prediction_id = str(uuid.uuid4())
-    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    created = _stamp(_dt.datetime.now(_dt.timezone.utc))
     score = uncertainty(project.type, predictions)
     conn = db.connect(project.path / _DB_FILE)
     try:
@@ -126,15 +126,19 @@ def _record(project: Any, row: Any) -> StoredPrediction:
     )
 
 
+def _stamp(when: _dt.datetime) -> str:
+    """The stored form of a time (``created``): UTC, milliseconds, ISO 8601, so that text order is time order."""
+    return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
 def list_predictions(project: Any, *, order_by: str = "Newest", iteration_id: str | None = None,
-                     start: str | None = None, end: str | None = None) -> list[StoredPrediction]:
+                     start: _dt.datetime | None = None, end: _dt.datetime | None = None) -> list[StoredPrediction]:
     """Stored predictions of a project.
 
     Args:
         order_by: ``Newest``, ``Oldest`` or ``Suggested`` (most unsure first, then newest).
         iteration_id: only those made by this iteration.
-        start, end: only those created in ``[start, end]`` (ISO 8601 strings in the stored format:
-            UTC ``+00:00`` with milliseconds, as ``created``; they are compared as text).
+        start, end: only those created in ``[start, end]`` (timezone-aware; compared at millisecond precision).
     """
     where, args = [], []
     if iteration_id:
@@ -142,10 +146,10 @@ def list_predictions(project: Any, *, order_by: str = "Newest", iteration_id: st
         args.append(iteration_id)
     if start:
         where.append("created >= ?")
-        args.append(start)
+        args.append(_stamp(start))
     if end:
         where.append("created <= ?")
-        args.append(end)
+        args.append(_stamp(end))
     order = {"newest": "created DESC, rowid DESC", "oldest": "created ASC, rowid ASC",
              "suggested": "uncertainty DESC, created DESC, rowid DESC"}[order_by.lower()]
     sql = "SELECT * FROM predictions" + (" WHERE " + " AND ".join(where) if where else "") + f" ORDER BY {order}"
