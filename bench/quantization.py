@@ -76,10 +76,20 @@ def _test_predictions(folder: Path, images: np.ndarray, threads: int) -> np.ndar
         return np.concatenate([predictor.probabilities(list(images[s : s + 200])) for s in range(0, len(images), 200)])
 
 
-def _iterations(project: Any, args: argparse.Namespace) -> tuple[Any, Any | None]:
-    """(the --qat iteration, the --prune iteration or None), trained now or reused from --home."""
+def _iterations(project: Any, args: argparse.Namespace) -> tuple[Any, Any | None, Any | None]:
+    """(the --qat iteration, the --prune iteration or None, the --int8-ready iteration or None), trained now or
+    reused from --home."""
     have = project.iterations()
-    qat = next((it for it in reversed(have) if it.info.get("qat") or (args.no_qat and not it.info.get("pruning"))), None)
+    plain = lambda it: not it.info.get("pruning") and not it.info.get("int8_ready")  # noqa: E731
+    qat = next((it for it in reversed(have) if it.info.get("qat") or (args.no_qat and plain(it))), None)
+    ready = next((it for it in reversed(have) if it.info.get("int8_ready")), None)
+    if not args.no_int8_ready and ready is None:
+        log("training quick --int8-ready ...")
+        t = time.perf_counter()
+        ready = project.train("quick", seed=args.seed, int8_ready=True)
+        log(f"  {time.perf_counter() - t:.0f} s; {json.dumps(ready.info.get('int8_ready'))}")
+    elif ready is not None:
+        log(f"reusing {ready}")
     pruned = next((it for it in reversed(have) if (it.info.get("pruning") or {}).get("target_sparsity") == args.prune), None)
     if qat is None:
         log(f"training quick{'' if args.no_qat else ' --qat'} ...")
@@ -95,11 +105,15 @@ def _iterations(project: Any, args: argparse.Namespace) -> tuple[Any, Any | None
         log(f"  {time.perf_counter() - t:.0f} s; {json.dumps(pruned.info.get('pruning'))}")
     elif pruned is not None:
         log(f"reusing {pruned}")
-    return qat, pruned
+    return qat, pruned, (None if args.no_int8_ready else ready)
 
 
-def _plan(args: argparse.Namespace, qat_it: Any, pruned_it: Any | None) -> list[tuple[str, Any, str, dict]]:
+def _plan(args: argparse.Namespace, qat_it: Any, pruned_it: Any | None, ready_it: Any | None) -> list[tuple[str, Any, str, dict]]:
     rows: list[tuple[str, Any, str, dict]] = [("float32", qat_it, "float32", {}), ("dynamic", qat_it, "dynamic", {})]
+    if ready_it is not None:
+        rows += [("int8-ready float32", ready_it, "float32", {}), ("int8-ready int8", ready_it, "int8", {}),
+                 ("int8-ready int8 minmax", ready_it, "int8", {"ranges": "minmax"})]
+    rows.append(("int8 PTQ minmax", qat_it, "int8", {"qat": "false", "ranges": "minmax"}))
     for n in args.calibration_list:
         for method in args.methods_list:
             rows.append((f"int8 PTQ {method} {n}", qat_it, "int8",
@@ -126,12 +140,12 @@ def run(args: argparse.Namespace, home: Path, data: Path) -> dict[str, Any]:
         project = Project.create(PROJECT, "multiclass", args.domain, home=home)
         report = project.import_folder(data / f"images/train-{args.shots}")
         log(f"imported {len(report.added)} images ({len(report.duplicates)} duplicates, {len(report.skipped)} skipped)")
-    qat_it, pruned_it = _iterations(project, args)
+    qat_it, pruned_it, ready_it = _iterations(project, args)
     classes = {name.lower(): c for c, name in enumerate(fm.CLASSES)}
     results: list[dict[str, Any]] = []
     float_preds: dict[int, np.ndarray] = {}
     float_bytes: dict[int, tuple[int, int]] = {}
-    for label, it, flavor, options in _plan(args, qat_it, pruned_it):
+    for label, it, flavor, options in _plan(args, qat_it, pruned_it, ready_it):
         out = home / "exports" / label.replace(" ", "-")
         row: dict[str, Any] = {"export": label, "iteration": it.number, "flavor": flavor, "options": options}
         t = time.perf_counter()
@@ -165,12 +179,13 @@ def run(args: argparse.Namespace, home: Path, data: Path) -> dict[str, Any]:
         row["verification"] = {"status": verification.status,
                                "agreement": d.get("top1_agreement_held_out", d.get("top1_agreement")),
                                "accuracy_drop": d.get("accuracy_drop"), "weights": d.get("weights"),
-                               "calibration": d.get("calibration"), "qat": d.get("qat")}
+                               "calibration": d.get("calibration"), "qat": d.get("qat"), "ranges": d.get("ranges")}
         results.append(row)
         log(f"  {label}: {row['bytes'] / 1e6:.2f} MB, test top-1 {row['test_accuracy']:.4f}"
             + (f", agreement {row['agreement']:.4f}" if "agreement" in row else "")
             + f" ({verification.status}; export {row['export_s']} s, test {row['test_s']} s)")
-    info = {"qat": qat_it.info.get("qat"), "pruning": pruned_it.info.get("pruning") if pruned_it else None,
+    info = {"qat": qat_it.info.get("qat"), "int8_ready": ready_it.info.get("int8_ready") if ready_it else None,
+            "int8_ready_cv_accuracy": ready_it.metrics.get("accuracy") if ready_it else None, "pruning": pruned_it.info.get("pruning") if pruned_it else None,
             "cv_accuracy": qat_it.metrics.get("accuracy"),
             "pruned_cv_accuracy": pruned_it.metrics.get("accuracy") if pruned_it else None}
     if pruned_it is not None and qat_it.number in float_preds and pruned_it.number in float_preds:
@@ -205,6 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="balanced,random", help="calibration selections (default balanced,random)")
     p.add_argument("--prune", type=float, default=0.5, help="pruning sparsity; 0 skips pruning (default 0.5)")
     p.add_argument("--no-qat", action="store_true", help="skip quantization-aware training")
+    p.add_argument("--no-int8-ready", action="store_true", help="skip the --int8-ready iteration")
     p.add_argument("--threads", type=int, default=2, help="runtime threads for the test predictions (default 2)")
     p.add_argument("--home", help="EDGEVISION_HOME to keep the project and exports in (reused by a later run)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")

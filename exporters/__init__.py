@@ -165,9 +165,18 @@ def calibration_groups(iteration: Any) -> dict[str, list[Path]]:
             rs = regions.get(record.id) or []
             by_tag.setdefault(sorted(r.tag for r in rs)[0] if rs else "", []).append(Path(record.path))
     else:
-        for record in iteration.project.training_images():
-            if record.id not in held_out:
-                by_tag.setdefault(record.tags[0], []).append(Path(record.path))
+        by_tag = classifier_calibration_groups(iteration.project.training_images(), held_out)
+    return by_tag
+
+
+def classifier_calibration_groups(records: Any, held_out: set[str] = frozenset()) -> dict[str, list[Path]]:
+    """A classifier's calibration candidates: ``records`` (the project's training images, in content-hash
+    order) not in ``held_out``, grouped by first tag. Quantization-aware quick training calibrates on
+    the very images the iteration's int8 export will use by default."""
+    by_tag: dict[str, list[Path]] = {}
+    for record in records:
+        if record.id not in held_out:
+            by_tag.setdefault(record.tags[0], []).append(Path(record.path))
     return by_tag
 
 

@@ -22,9 +22,10 @@ The verification's figures then say how the weights were quantized and what cali
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterable, Literal, Optional
 
 import numpy as np
 
@@ -38,7 +39,9 @@ IO_TYPES = ("uint8", "float")
 #: Calibration images used when ``calibration_images`` is not given (fewer if fewer are available).
 DEFAULT_CALIBRATION_IMAGES = 100
 #: Options that only mean something for a flavor that quantizes activations / weights.
-INT8_ONLY = ("io", "calibration_images", "calibration", "calibration_seed", "qat")
+INT8_ONLY = ("io", "calibration_images", "calibration", "calibration_seed", "qat", "ranges")
+#: How int8 activation ranges are chosen from the calibration activations (see :func:`least_squares_ranges`).
+RANGE_METHODS = ("mse", "minmax")
 WEIGHT_QUANTIZING_FLAVORS = ("dynamic", "int8")
 
 
@@ -63,6 +66,11 @@ class TFLiteOptions(Options):
         qat: ``int8`` flavor only: convert the iteration's quantization-aware model (``train --qat``).
             Default: use it when the iteration has one; ``false``: post-training quantization of
             the float model even so; ``true``: required (an error if the iteration has none).
+        ranges: ``int8`` flavor only: how each activation's int8 range is chosen. ``mse`` (default for
+            classifiers): the range, within the calibration min/max, that gives the least squared
+            rounding + clipping error on the calibration activations (:func:`least_squares_ranges`);
+            ``minmax``: the calibration min/max as the converter records them (the default for
+            detectors, whose float post-processing the range editing does not cover).
     """
 
     io: Optional[str] = None
@@ -71,6 +79,7 @@ class TFLiteOptions(Options):
     calibration_seed: Optional[int] = None
     per_channel: Optional[bool] = None
     qat: Optional[bool] = None
+    ranges: Optional[Literal["mse", "minmax"]] = None
 
     def validate(self) -> None:
         if self.io is not None and self.io not in IO_TYPES:
@@ -189,9 +198,7 @@ class TFLiteExporter(Exporter):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         elif flavor == "int8":
             images = self._calibration(ctx, options)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = _representative(images, ctx.input_size)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            int8_recipe(tf, converter, images, ctx.input_size)
             if ctx.is_detector:
                 # Box decoding and NMS (TopK, ArgMax, gathers, int64 classes) stay in float where
                 # they have no int8 kernel; the backbone and head are integer.
@@ -201,7 +208,10 @@ class TFLiteExporter(Exporter):
                 if not ctx.is_detector:  # a detector's boxes/scores stay float32, its classes int64
                     converter.inference_output_type = tf.uint8
         path = ctx.out_dir / MODEL_FILE
-        path.write_bytes(converter.convert())
+        if flavor == "int8" and self._ranges(ctx, options, qat_model) == "mse":
+            path.write_bytes(_int8_least_squares(tf, converter, images, ctx.input_size, io))
+        else:
+            path.write_bytes(converter.convert())
         rename_io_tensors(path)
         dtype = "uint8" if flavor == "int8" and io == "uint8" else "float32"
         size = ctx.input_size
@@ -251,6 +261,16 @@ class TFLiteExporter(Exporter):
         self._notes["qat"] = model is not None
         return model
 
+    def _ranges(self, ctx: ExportContext, options: TFLiteOptions, qat_model: Any) -> str:
+        """The activation-range method the options ask for (``mse`` unless that cannot apply)."""
+        if options.ranges == "mse" and (ctx.is_detector or qat_model is not None):
+            why = ("a detector's float post-processing is not covered by the range editing" if ctx.is_detector
+                   else "the quantization-aware model brings its own trained ranges (or export with qat=false)")
+            raise OptionsError(f"option ranges=mse: not available here: {why}; use ranges=minmax")
+        ranges = options.ranges or ("minmax" if ctx.is_detector or qat_model is not None else "mse")
+        self._notes["ranges"] = ranges
+        return ranges
+
     def _calibration(self, ctx: ExportContext, options: TFLiteOptions) -> list[Path]:
         """The int8 calibration images the options ask for (the iteration's hold-out excluded)."""
         method = options.calibration or "balanced"
@@ -274,6 +294,139 @@ class TFLiteExporter(Exporter):
                                       "available": available, "tags": len(groups)}
         log.info("int8 calibration: %d images (%s, seed %d) of %d available", len(images), method, seed, available)
         return images
+
+
+def int8_recipe(tf: Any, converter: Any, images: list[Path], size: int) -> None:
+    """Set ``converter`` up for full-integer int8 calibrated on ``images`` (the int8 flavor's recipe)."""
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(images, size)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+
+def int8_outputs_model(model: Any, images: list[Path], size: int) -> bytes:
+    """``model`` (tf_keras, RGB 0..255 in, one or more outputs) as the int8 export converts a classifier:
+    :func:`int8_recipe` on ``images``, least-squares activation ranges; float32 in and out, so each
+    output reads back dequantized. Quantization-aware quick training uses it to see the pooled features
+    exactly as the int8 export's head will read them.
+
+    Returns:
+        The ``.tflite`` bytes; its signature's outputs are ``output_0``, ``output_1``, ... in ``model``'s
+        output order.
+    """
+    from edgevision._tf import import_tf
+
+    tf, _ = import_tf()
+    spec = tf.TensorSpec([1, size, size, 3], tf.float32, name="data")
+    def serve(data: Any) -> dict[str, Any]:
+        result = model(data, training=False)
+        result = result if isinstance(result, (list, tuple)) else [result]
+        return {f"output_{i}": r for i, r in enumerate(result)}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [tf.function(serve).get_concrete_function(spec)], _holder(tf, model))
+    int8_recipe(tf, converter, images, size)
+    return _int8_least_squares(tf, converter, images, size, "float")
+
+
+def _int8_least_squares(tf: Any, converter: Any, images: list[Path], size: int, io: str) -> bytes:
+    """Full-integer conversion with :func:`least_squares_ranges`: calibrate only, edit the ranges, quantize.
+
+    The same steps ``TFLiteConverter.convert()`` takes for int8 (calibrate, then the MLIR quantizer with
+    per-channel weights unless disabled), with the range edit in between.
+    """
+    from tensorflow.lite.python import convert
+
+    from runtimes.preprocess import preprocess
+
+    converter.experimental_new_quantizer = True
+    converter._experimental_calibrate_only = True  # noqa: SLF001  (TF 2.21: returns the calibrated float model)
+    calibrated = converter.convert()
+    edited = least_squares_ranges(calibrated, (preprocess(p, (size, size))[None] for p in images))
+    kind = tf.uint8 if io == "uint8" else tf.float32
+    return convert.mlir_quantize(edited, disable_per_channel=bool(converter._experimental_disable_per_channel),  # noqa: SLF001
+                                 input_data_type=kind, output_data_type=kind)
+
+
+#: Activation values sampled per calibration image and tensor for the range search.
+RANGE_SAMPLES_PER_IMAGE = 2000
+#: Candidate range ends, as fractions of the calibration min (max).
+RANGE_FRACTIONS = np.linspace(0.2, 1.0, 33)
+
+
+def _int8_error(v: np.ndarray, lo: float, hi: float) -> float:
+    """Mean squared error of ``v`` quantized to 256 levels over [lo, hi] (zero exact, as TFLite nudges it)."""
+    step = (hi - lo) / 255.0
+    if step <= 0:
+        return float(np.mean(v * v))
+    zero = np.round(-lo / step)
+    q = (np.clip(np.round(v / step) + zero, 0, 255) - zero) * step
+    return float(np.mean((q - v) ** 2))
+
+
+def least_squares_range(values: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """The int8 range within [lo, hi] (each end a fraction 0.2..1 of the calibration's) with the least
+    squared rounding + clipping error on ``values``, by coordinate descent over the two ends.
+
+    Min/max ranges are set by a few outliers: a ReLU6 map whose values sit mostly below 1 still gets
+    steps of 6/255. Clipping the rare outliers buys finer steps for everything else.
+    """
+    best_lo, best_hi = lo, hi
+    best = _int8_error(values, lo, hi)
+    for _ in range(2):
+        for end in ("hi", "lo"):
+            base = hi if end == "hi" else lo
+            if base == 0:
+                continue
+            for f in RANGE_FRACTIONS:
+                cand_lo, cand_hi = (best_lo, base * f) if end == "hi" else (base * f, best_hi)
+                err = _int8_error(values, cand_lo, cand_hi)
+                if err < best - 1e-18:
+                    best, best_lo, best_hi = err, cand_lo, cand_hi
+    return best_lo, best_hi
+
+
+def least_squares_ranges(calibrated: bytes, images: Iterable[np.ndarray], *, seed: int = 0) -> bytes:
+    """A calibrated (not yet quantized) TFLite model with every activation range replaced by its
+    :func:`least_squares_range` over the activations ``images`` produce; the model's inputs keep theirs.
+
+    Args:
+        calibrated: what the converter returns with ``_experimental_calibrate_only`` (float ops, each
+            tensor carrying the calibration min/max).
+        images: float32 batches [1, H, W, 3] as the model takes them (the calibration images).
+        seed: which activation values are sampled (:data:`RANGE_SAMPLES_PER_IMAGE` per image and tensor).
+            The positions depend only on the seed and the tensor's size, so the same tensor gets the
+            same range in any model that contains it (a classifier and its feature model, say).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    fb = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    graph = fb.subgraphs[0]
+    inputs = set(int(i) for i in graph.inputs)
+    ranged = [i for i, t in enumerate(graph.tensors) if i not in inputs and t.quantization is not None
+              and t.quantization.min is not None and len(t.quantization.min) == 1]
+    with warnings.catch_warnings():  # "intended for debugging": reading every tensor is the point here
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    source = interpreter.get_input_details()[0]["index"]
+    picks: dict[int, np.ndarray] = {}  # positions sampled, by tensor size: the same in any model (see above)
+    samples: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
+    for image in images:
+        interpreter.set_tensor(source, np.asarray(image, np.float32))
+        interpreter.invoke()
+        for i in ranged:
+            v = interpreter.get_tensor(i).ravel()
+            if v.size > RANGE_SAMPLES_PER_IMAGE:
+                if v.size not in picks:
+                    picks[v.size] = np.random.default_rng([seed, v.size]).integers(0, v.size, RANGE_SAMPLES_PER_IMAGE)
+                v = v[picks[v.size]]
+            samples[i].append(v.astype(np.float32))
+    for i in ranged:
+        q = graph.tensors[i].quantization
+        lo, hi = least_squares_range(np.concatenate(samples[i]), float(q.min[0]), float(q.max[0]))
+        q.min, q.max = np.array([lo], np.float32), np.array([hi], np.float32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fb))
 
 
 def _representative(images: list[Path], size: int) -> Any:

@@ -49,6 +49,7 @@ def train(
     progress: Progress | None = None,
     qat: bool = False,
     prune: float | None = None,
+    int8_ready: bool = False,
     iteration_id: str | None = None,
 ) -> "Iteration":
     """Train a new iteration of a classification project and store it.
@@ -72,6 +73,11 @@ def train(
             :mod:`edgevision.training.quantization`.
         prune: zero this fraction (0 < s < 1) of the backbone's conv weights by magnitude pruning
             during a short fine-tune; the stored model is the pruned float model. Classifiers only.
+        int8_ready: quick mode, classifiers: make the float model itself int8-friendly, so that its int8
+            TFLite export agrees with it: the backbone's weights snapped onto TFLite's int8 grid (the
+            converter then keeps them exactly) and the head fitted on the int8 model's features of the
+            training images (and their mirrors) as well as the float ones, then snapped too. See
+            :func:`edgevision.training.quantization.int8_views`.
         iteration_id: the new iteration's id (a UUID string; default a fresh one). The training API
             hands it out before training starts, so the finished iteration keeps it.
 
@@ -91,7 +97,7 @@ def train(
         raise UsageError("--budget applies to advanced training only; add --mode advanced")
     from edgevision.training import quantization
 
-    quantization.check_request(project.type, qat=qat, prune=prune)
+    quantization.check_request(project.type, qat=qat, prune=prune, int8_ready=int8_ready, mode=mode)
     iteration_id = _check_iteration_id(project, iteration_id)
     if project.type == "detection":
         return _train_detection(project, mode, seed=seed, budget=budget, progress=progress, iteration_id=iteration_id)
@@ -105,15 +111,21 @@ def train(
     domain = get_domain(project.domain)
     started = time.monotonic()
     staging = project.staging_dir()
-    extractor = FeatureExtractor(domain, project.path / "cache" / "embeddings.sqlite")
+    extractor = FeatureExtractor(domain, project.path / "cache" / "embeddings.sqlite", int8_grid=int8_ready)
     try:
         features = extractor.embed(ts.records, progress=progress)
         if mode == "quick":
-            backbone, pruning = extractor.model, None
+            backbone, pruning, views, int8_info = extractor.model, None, None, None
             if prune is not None:  # prune the backbone first, so the cross-validated head sees its features
                 backbone, features, pruning = quantization.prune_backbone(
                     extractor, ts.records, features, domain, prune, seed=seed, progress=progress)
-            result = _quick(ts, features, backbone, seed=seed, folds=folds, progress=progress)
+            if int8_ready:
+                views, int8_info = quantization.int8_views(
+                    extractor, ts.records, quantization.default_calibration(project), progress=progress)
+            result = _quick(ts, features, backbone, seed=seed, folds=folds, progress=progress, views=views)
+            if int8_ready:
+                quantization.snap_head_to_int8_grid(result["model"])
+                result["int8_ready"] = {**int8_info, "grid": extractor.grid}
         else:
             from edgevision.training.advanced import fine_tune
 
@@ -239,9 +251,19 @@ def assemble_classifier(backbone: Any, head: LinearHead, name: str = "classifier
 
 
 def _quick(
-    ts: TrainingSet, features: np.ndarray, backbone: Any, *, seed: int, folds: int | None, progress: Progress | None
+    ts: TrainingSet, features: np.ndarray, backbone: Any, *, seed: int, folds: int | None, progress: Progress | None,
+    views: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
+    """Cross-validated linear head on ``features``; ``views``: more feature rows of the same images (same
+    tags, e.g. mirrored or int8), used for fitting only: a fold never trains on any view of its own
+    images, and every figure is computed on the plain features."""
     multilabel = not ts.multiclass
+    stack = np.stack([features, *(views or [])])
+
+    def fit(mask: np.ndarray, l2: float) -> LinearHead:
+        rows = stack[:, mask].reshape(-1, stack.shape[-1])
+        return fit_linear_head(rows, np.tile(ts.targets[mask], (len(stack), 1)), multilabel=multilabel, l2=l2)
+
     k = choose_folds(ts.targets, folds)
     fold_idx = stratified_folds(ts.strata(), k, seed)
     fold_of = np.zeros(len(ts.records), dtype=int)
@@ -255,8 +277,7 @@ def _quick(
             if progress:
                 progress(gi * k + f, steps, f"cross-validating head (weight decay {l2:g}, fold {f + 1}/{k})")
             tr, te = fold_of != f, fold_of == f
-            head = fit_linear_head(features[tr], ts.targets[tr], multilabel=multilabel, l2=l2)
-            oof[te] = head.predict(features[te])
+            oof[te] = fit(tr, l2).predict(features[te])
         loss = log_loss(oof, ts.targets, multilabel)
         log.info("quick head l2=%g: out-of-fold log loss %.4f", l2, loss)
         if best is None or loss < best[0] - 1e-9:
@@ -265,7 +286,7 @@ def _quick(
     loss, l2, oof = best
     if progress:
         progress(steps, steps, f"cross-validated: weight decay {l2:g}")
-    head = fit_linear_head(features, ts.targets, multilabel=multilabel, l2=l2)
+    head = fit(np.ones(len(features), bool), l2)
     model = assemble_classifier(backbone, head)
     per_fold = [
         classification_metrics(oof[fold_of == f], ts.targets[fold_of == f], ts.labels,

@@ -93,12 +93,23 @@ def feature_model(backbone: Any) -> Any:
 class FeatureExtractor:
     """Runs a domain's pretrained backbone (frozen) and caches pooled features per image."""
 
-    def __init__(self, domain: "Domain", cache_path: Path | None) -> None:
+    def __init__(self, domain: "Domain", cache_path: Path | None, *, int8_grid: bool = False) -> None:
+        """Args:
+            domain: whose pretrained backbone embeds the images.
+            cache_path: the project's feature cache (SQLite), or None for none.
+            int8_grid: snap the backbone's weights onto TFLite's int8 grid first
+                (:func:`edgevision.training.quantization.snap_to_int8_grid`; cached apart).
+        """
         from edgevision._tf import import_tf
 
         tf, _ = import_tf()
         self.domain = domain
+        self.int8_grid = int8_grid
         self.model: Any = feature_model(domain.backbone.build(include_top=False))
+        if int8_grid:
+            from edgevision.training.quantization import snap_to_int8_grid
+
+            self.grid = snap_to_int8_grid(self.model)
         # A compiled call is ~2x faster than eager Model.__call__ on CPU; reduce_retracing keeps
         # the short last batch from compiling a second graph.
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
@@ -106,7 +117,7 @@ class FeatureExtractor:
 
     def key(self, view: str) -> str:
         b = self.domain.backbone
-        return f"{b.name}@{b.input_size}/v{FEATURE_VERSION}/{view}"
+        return f"{b.name}@{b.input_size}/v{FEATURE_VERSION}{'/int8grid' if self.int8_grid else ''}/{view}"
 
     def embed(
         self,

@@ -69,12 +69,27 @@ PREDICT_BATCH = 32
 
 
 # --------------------------------------------------------------------------- requests
-def check_request(project_type: str, *, qat: bool = False, prune: float | None = None) -> None:
-    """Refuse ``--qat`` / ``--prune`` values that cannot work, before anything is loaded.
+def check_request(project_type: str, *, qat: bool = False, prune: float | None = None, int8_ready: bool = False,
+                  mode: str = "quick") -> None:
+    """Refuse ``--qat`` / ``--prune`` / ``--int8-ready`` values that cannot work, before anything is loaded.
 
     Raises:
-        UsageError: ``prune`` outside (0, 1), both options at once, or either on an object-detection project.
+        UsageError: ``prune`` outside (0, 1), two of the options at once, any of them on an object-detection
+            project, or ``int8_ready`` outside quick mode.
     """
+    if int8_ready:
+        if qat or prune is not None:
+            other = "--qat" if qat else "--prune"
+            raise UsageError(f"--int8-ready and {other} cannot be combined: --int8-ready makes the float model itself "
+                             "int8-friendly (weights on the int8 grid, head fitted on int8 features), "
+                             f"{'which a quantization-aware copy would not be' if qat else 'and pruning would move its weights off that grid'}. "
+                             "Use one of them")
+        if project_type == "detection":
+            raise UsageError("--int8-ready is for classifiers only; `export --format tflite --flavor int8` still "
+                             "quantizes a detector after training")
+        if mode != "quick":
+            raise UsageError("--int8-ready works in quick mode only (it fits the head on int8 features of a frozen "
+                             "backbone; advanced mode fine-tunes the backbone): drop --mode advanced, or use --qat")
     if prune is not None:
         if isinstance(prune, bool) or not isinstance(prune, (int, float)) or not 0.0 < float(prune) < 1.0:
             raise UsageError(f"--prune takes the fraction of weights to zero, strictly between 0 and 1 "
@@ -240,6 +255,178 @@ def split_head(model: Any) -> Any:
     summed = keras.layers.Add(name="logits")(logits) if len(logits) > 1 else logits[0]
     outputs = keras.layers.Activation(dense.get_config()["activation"], name="model_output")(summed)
     return keras.Model(model.input, outputs, name=f"{model.name}_split_head")
+
+
+# --------------------------------------------------------------------------- int8-grid weights
+#: TFLite's int8 weights: symmetric, narrow range [-127, 127], one scale per output channel.
+INT8_WEIGHT_LEVELS = 127
+
+
+def _folded_convs(model: Any) -> list[tuple[Any, Any, int]]:
+    """(conv or depthwise conv, the BatchNorm right after it or None, output-channel axis of its kernel)."""
+    from edgevision._tf import import_tf
+
+    _, keras = import_tf()
+    pairs = []
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            continue
+        consumers = [node.outbound_layer for node in layer._outbound_nodes]  # noqa: SLF001
+        bn = consumers[0] if len(consumers) == 1 and isinstance(consumers[0], keras.layers.BatchNormalization) else None
+        # Keras kernels: conv (kh, kw, in, out); depthwise (kh, kw, C, 1) -> per channel C.
+        pairs.append((layer, bn, -1 if not isinstance(layer, keras.layers.DepthwiseConv2D) else 2))
+    return pairs
+
+
+def _bn_factor(bn: Any, channels: int) -> np.ndarray:
+    """The per-channel factor TFLite multiplies a conv kernel by when it folds ``bn`` into it (1 when none)."""
+    if bn is None:
+        return np.ones(channels)
+    weights = {w.name.split("/")[-1].split(":")[0]: np.asarray(w.numpy(), np.float64) for w in bn.weights}
+    gamma = weights.get("gamma", np.ones(channels))
+    return gamma / np.sqrt(weights["moving_variance"] + bn.epsilon)
+
+
+def _grid_step(folded: np.ndarray, axis: int) -> np.ndarray:
+    """Per-output-channel int8 step of ``folded`` (max |w| / 127; 0 for an all-zero channel)."""
+    moved = np.moveaxis(folded, axis, -1).reshape(-1, folded.shape[axis])
+    return np.max(np.abs(moved), axis=0) / INT8_WEIGHT_LEVELS
+
+
+def _snap(folded: np.ndarray, step: np.ndarray, axis: int) -> np.ndarray:
+    shape = [1] * folded.ndim
+    shape[axis] = -1
+    s = step.reshape(shape)
+    return np.where(s > 0, np.round(folded / np.where(s > 0, s, 1.0)) * s, 0.0)
+
+
+def int8_grid_steps(model: Any) -> dict[str, np.ndarray]:
+    """Each conv / depthwise conv's per-channel int8 step, after BatchNorm folding (what TFLite quantizes with)."""
+    out = {}
+    for conv, bn, axis in _folded_convs(model):
+        kernel = np.asarray(conv.get_weights()[0], np.float64)
+        factor = _bn_factor(bn, kernel.shape[axis])
+        out[conv.name] = _grid_step(kernel * _shaped(factor, kernel.ndim, axis), axis)
+    return out
+
+
+def _shaped(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def snap_to_int8_grid(model: Any) -> dict[str, Any]:
+    """Move every conv / depthwise conv kernel of ``model`` (in place) onto TFLite's per-channel int8 grid.
+
+    Full-integer int8 rounds each folded kernel (``kernel * gamma / sqrt(var + eps)`` of the BatchNorm
+    after it) to ``step * k``, ``k`` in -127..127, ``step = max |w| / 127`` per output channel. Here the
+    float kernel is changed so that its folded form already *is* such a grid: the converter then keeps it
+    exactly, and an int8 export differs from this float model only by its activation rounding.
+
+    Returns:
+        ``{"layers": n, "relative_change": ||Δ folded|| / ||folded|| over all kernels}``.
+    """
+    changed = total = 0.0
+    count = 0
+    for conv, bn, axis in _folded_convs(model):
+        weights = conv.get_weights()
+        kernel = np.asarray(weights[0], np.float64)
+        factor = _shaped(_bn_factor(bn, kernel.shape[axis]), kernel.ndim, axis)
+        folded = kernel * factor
+        snapped = _snap(folded, _grid_step(folded, axis), axis)
+        changed += float(np.sum((snapped - folded) ** 2))
+        total += float(np.sum(folded**2))
+        safe = np.where(factor != 0, factor, 1.0)
+        weights[0] = np.where(factor != 0, snapped / safe, kernel).astype(np.float32)
+        conv.set_weights(weights)
+        count += 1
+    return {"layers": count, "relative_change": float(np.sqrt(changed / max(total, 1e-30)))}
+
+
+#: The extra views an int8-ready quick head is fitted on (besides the plain float features).
+INT8_VIEWS = ("hflip", "int8", "int8-hflip")
+
+
+def default_calibration(project: Any) -> list[Path]:
+    """The images a quick iteration's int8 export calibrates on when given no options (no hold-out)."""
+    from exporters import classifier_calibration_groups, select_calibration_images
+    from exporters.tflite import DEFAULT_CALIBRATION_IMAGES
+
+    return select_calibration_images(classifier_calibration_groups(project.training_images()),
+                                     DEFAULT_CALIBRATION_IMAGES, "balanced", 0)
+
+
+def int8_views(extractor: Any, records: Sequence["ImageRecord"], calibration: list[Path], *,
+               progress: Progress | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """More views of the training images for an int8-aware quick head: the mirrored images' float
+    features, and the pooled features of the images and their mirrors as the int8 model computes them.
+
+    ``extractor`` holds the grid-snapped feature model (``FeatureExtractor(int8_grid=True)``): its weights
+    pass through int8 conversion unchanged, so the int8 features differ from the float ones only by
+    activation rounding. That model is converted with the int8 export's own recipe
+    (:func:`exporters.tflite.int8_outputs_model`) on ``calibration`` (the images the export will
+    calibrate on by default), and each pooled feature group is read back dequantized: what the int8
+    export's head will read for that image. A head fitted on these as well learns to ignore the
+    directions int8 rounding moves the features in.
+
+    Returns:
+        ``([hflip, int8, int8-hflip] features, each (N, D)), info``.
+    """
+    from edgevision._tf import import_tf
+    from edgevision.training.embeddings import load_batch
+    from exporters.tflite import int8_outputs_model
+
+    _, keras = import_tf()
+    size = extractor.domain.input_size
+    mirrored = np.asarray(extractor.embed(records, view="hflip", progress=progress), np.float32)
+    started = time.perf_counter()
+    if progress:
+        progress(0, len(records), f"converting the backbone to int8 ({len(calibration)} calibration images)")
+    groups = list(extractor.model.get_layer("features").input)
+    blob = int8_outputs_model(keras.Model(extractor.model.input, groups), calibration, size)
+    from runtimes.engines import _import_tflite_interpreter
+
+    interpreter_class, _ = _import_tflite_interpreter()
+    runner = interpreter_class(model_content=blob).get_signature_runner()
+    quantized: list[np.ndarray] = [np.empty((len(records), int(sum(g.shape[-1] for g in groups))), np.float32)
+                                   for _ in range(2)]
+    for start in range(0, len(records), PREDICT_BATCH):
+        if progress:
+            progress(start, len(records), "int8 features of the training images")
+        chunk = records[start : start + PREDICT_BATCH]
+        for view, flip in enumerate((False, True)):
+            batch = np.round(load_batch([r.path for r in chunk], size, hflip=flip))
+            for k, image in enumerate(batch):
+                out = runner(data=image[None].astype(np.float32))
+                quantized[view][start + k] = np.concatenate([np.ravel(out[f"output_{g}"]) for g in range(len(groups))])
+    float_features = extractor.embed(records)
+    error = float(np.linalg.norm(quantized[0] - float_features) / max(np.linalg.norm(float_features), 1e-12))
+    info = {"views": list(INT8_VIEWS), "calibration_images": len(calibration),
+            "int8_feature_error": round(error, 4), "int8_seconds": round(time.perf_counter() - started, 1)}
+    log.info("int8-aware views: relative int8 feature error %.3f", error)
+    return [mirrored, quantized[0], quantized[1]], info
+
+
+def snap_head_to_int8_grid(model: Any) -> None:
+    """Move the classifier's Dense kernel (``model_output``) onto the grid its int8 export quantizes it with.
+
+    The int8 export splits the head by pooled feature group (:func:`split_head`), each group one
+    FULLY_CONNECTED op with a scale per output class: snap each group's rows per column.
+    """
+    try:
+        concat, dense = model.get_layer("features"), model.get_layer("model_output")
+        widths = [int(t.shape[-1]) for t in concat.input]
+    except (ValueError, AttributeError):
+        dense, widths = model.get_layer("model_output"), None
+    kernel, bias = (np.asarray(w, np.float64) for w in dense.get_weights())
+    widths = widths or [kernel.shape[0]]
+    out, offset = [], 0
+    for width in widths:
+        part = kernel[offset : offset + width]
+        out.append(_snap(part, _grid_step(part, 1), 1))
+        offset += width
+    dense.set_weights([np.concatenate(out).astype(np.float32), bias.astype(np.float32)])
 
 
 # --------------------------------------------------------------------------- QAT

@@ -91,6 +91,74 @@ def test_qat_and_prune_together_are_refused() -> None:
         quantization.check_request("multiclass", qat=True, prune=0.5)
 
 
+@pytest.mark.parametrize("options, match", [
+    ({"qat": True}, "--int8-ready and --qat cannot be combined"),
+    ({"prune": 0.5}, "--int8-ready and --prune cannot be combined"),
+    ({"mode": "advanced"}, "quick mode only"),
+])
+def test_int8_ready_conflicts_are_refused(options: dict, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        quantization.check_request("multiclass", int8_ready=True, **options)
+    with pytest.raises(UsageError, match="classifiers only"):
+        quantization.check_request("detection", int8_ready=True)
+
+
+# --------------------------------------------------------------------------- int8 grid
+def _conv_bn_model(seed: int = 0):
+    """A tiny conv + BatchNorm + depthwise + BatchNorm + head model with random, uneven weights."""
+    from edgevision._tf import import_tf
+
+    _, keras = import_tf()
+    rng = np.random.default_rng(seed)
+    x = inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="a_conv")(x)
+    x = keras.layers.BatchNormalization(name="a_bn")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, use_bias=False, name="b_conv")(x)
+    x = keras.layers.BatchNormalization(name="b_bn")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="model_output")(x))
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = weights[0].shape[0]
+            weights = [rng.uniform(0.2, 3.0, n), rng.normal(0, 1, n), rng.normal(0, 1, n), rng.uniform(0.1, 4.0, n)]
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):  # channels a hundredfold apart in range
+            weights = [rng.normal(0, 1, weights[0].shape) * rng.uniform(0.01, 2.0, (1, 1, weights[0].shape[2], 1))]
+        elif isinstance(layer, keras.layers.Conv2D):
+            weights = [rng.normal(0, 1, weights[0].shape) * rng.uniform(0.01, 2.0, (1, 1, 1, weights[0].shape[3]))]
+        elif weights:
+            weights = [rng.normal(0, 1, w.shape) for w in weights]
+        layer.set_weights([np.asarray(w, np.float32) for w in weights])
+    return model
+
+
+def test_snap_puts_folded_kernels_on_the_int8_grid() -> None:
+    model = _conv_bn_model()
+    before = model.predict(np.random.default_rng(1).uniform(0, 1, (4, 16, 16, 3)), verbose=0)
+    report = quantization.snap_to_int8_grid(model)
+    assert report["layers"] == 2 and 0 < report["relative_change"] < 0.01
+    steps = quantization.int8_grid_steps(model)
+    for conv, bn, axis in quantization._folded_convs(model):
+        kernel = conv.get_weights()[0].astype(np.float64)
+        folded = kernel * quantization._shaped(quantization._bn_factor(bn, kernel.shape[axis]), kernel.ndim, axis)
+        k = folded / quantization._shaped(steps[conv.name], kernel.ndim, axis)
+        assert np.max(np.abs(k - np.round(k))) < 1e-3  # integers ...
+        assert np.max(np.abs(k)) == pytest.approx(127, abs=1e-3)  # ... spanning -127..127 per channel
+    # snapping again changes nothing; the float function moved only by the rounding
+    assert quantization.snap_to_int8_grid(model)["relative_change"] < 1e-6
+    after = model.predict(np.random.default_rng(1).uniform(0, 1, (4, 16, 16, 3)), verbose=0)
+    assert 0 < np.max(np.abs(after - before)) < 0.05 * np.max(np.abs(before))
+
+
+def test_snapped_head_sits_on_a_per_class_grid() -> None:
+    model = _conv_bn_model()
+    quantization.snap_head_to_int8_grid(model)
+    kernel = model.get_layer("model_output").get_weights()[0]
+    k = kernel / (np.max(np.abs(kernel), axis=0) / 127)
+    assert np.max(np.abs(k - np.round(k))) < 1e-3
+
+
 def test_cli_bad_values_exit_2(capsys: pytest.CaptureFixture[str], home: Path, sample_dir: Path) -> None:
     assert main(["project", "create", "p", "--type", "multiclass"]) == 0
     assert main(["train", "p", "--prune", "1.5"]) == 2
@@ -129,6 +197,39 @@ def test_train_qat_then_int8_export_uses_it(qat_project, tmp_path: Path, monkeyp
     assert "accuracy_drop" in v.details
     with pytest.raises(Exception, match="qat"):  # qat on a float flavor is refused, not ignored
         it.export("tflite", flavor="float32", out=tmp_path / "f", options={"qat": "true"})
+
+
+@pytest.mark.slow
+def test_train_int8_ready_then_int8_export(qat_project, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --int8-ready`: the stored float model's backbone is on the int8 grid (the int8 file keeps its
+    weights), the head saw int8 features, and the int8 export verifies against that float model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    monkeypatch.setenv("EDGEVISION_HOME", str(qat_project.path.parent.parent))
+    assert main(["train", "shapes", "--int8-ready"]) == 0
+    assert "int8-ready: weights on the int8 grid" in capsys.readouterr().out
+    it = qat_project.iterations()[-1]
+    ready = it.info["int8_ready"]
+    assert ready["views"] == ["hflip", "int8", "int8-hflip"] and ready["calibration_images"] == 24
+    assert ready["grid"]["layers"] > 40 and 0 < ready["int8_feature_error"] < 0.5
+    assert it.metrics["accuracy"] is not None and "qat" not in it.info
+    model = it.load_model()
+    steps = quantization.int8_grid_steps(model)
+    result = it.export("tflite", flavor="int8", out=tmp_path / "int8")
+    v = result.verification
+    assert v.status == "ok" and v.details["ranges"] == "mse" and v.details["qat"] is False
+    # The converter kept the grid: each conv's per-channel scales are the float model's grid steps
+    # (channels whose weights are ~0 aside: the converter widens their scale to fit the bias).
+    ip = Interpreter(model_path=str(result.path / "model.tflite"))
+    convs = [op for op in ip._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert len(convs) == len(steps)
+    kept = 0
+    for op, (name, step) in zip(convs, steps.items()):
+        scales = ip._get_tensor_details(op["inputs"][1], 0)["quantization_parameters"]["scales"]
+        live = step > 1e-6 * step.max()
+        kept += int(np.allclose(scales[live], step[live], rtol=1e-5))
+    assert kept == len(steps)
 
 
 @pytest.mark.slow

@@ -141,6 +141,32 @@ def test_int8_records_its_calibration(tflite_exports: dict[str, Path]) -> None:
     # quick iteration of 24 images: no hold-out, so all 24 may calibrate; balanced by default
     assert d["calibration"] == {"method": "balanced", "images": 24, "seed": 0, "available": 24, "tags": 4}
     assert d["qat"] is False  # the sample iteration was trained without --qat
+    assert d["ranges"] == "mse"  # least-squares activation ranges, the classifiers' default
+
+
+def test_least_squares_range_clips_rare_outliers_only() -> None:
+    from exporters.tflite import RANGE_FRACTIONS, _int8_error, least_squares_range
+
+    rng = np.random.default_rng(0)
+    relu6 = np.clip(rng.exponential(0.3, 100_000), 0, 6)  # mostly < 1, a few up to 6
+    lo, hi = least_squares_range(relu6, 0.0, 6.0)
+    assert lo == 0.0 and 1.2 <= hi < 6.0  # finer steps for the bulk, the tail clipped
+    assert _int8_error(relu6, lo, hi) < 0.5 * _int8_error(relu6, 0.0, 6.0)
+    flat = rng.uniform(-3, 5, 100_000)  # no outliers: min/max is already best
+    assert least_squares_range(flat, -3.0, 5.0) == (-3.0, 5.0)
+    skewed = np.concatenate([rng.normal(0, 1, 100_000), [-40.0], [8.0]])  # each end needs its own fraction
+    lo, hi = least_squares_range(skewed, -40.0, 8.0)
+    assert -40.0 <= lo < 0 < hi < 8.0 and lo / -40.0 != hi / 8.0
+    best_symmetric = min(_int8_error(skewed, -40.0 * f, 8.0 * f) for f in RANGE_FRACTIONS)
+    assert _int8_error(skewed, lo, hi) < best_symmetric
+
+
+def test_int8_minmax_ranges_option(trained, tmp_path: Path) -> None:
+    """``ranges=minmax`` keeps the converter's calibration ranges: a different (valid) file, recorded as such."""
+    _, iteration = trained
+    result = export_iteration(iteration, "tflite", flavor="int8", out=tmp_path / "mm", options={"ranges": "minmax"})
+    assert result.verification.status == "ok" and result.verification.details["ranges"] == "minmax"
+    assert result.manifest.exporter.options["ranges"] == "minmax"
 
 
 @pytest.mark.parametrize("options, match", [
@@ -148,6 +174,7 @@ def test_int8_records_its_calibration(tflite_exports: dict[str, Path]) -> None:
     ({"calibration": "balance"}, "did you mean 'balanced'"),
     ({"calibration_seed": "-1"}, "non-negative"),
     ({"qat": "true"}, "no quantization-aware model"),
+    ({"ranges": "mse2"}, "did you mean 'mse'"),
 ])
 def test_bad_quantization_options(trained, tmp_path: Path, options: dict[str, str], match: str) -> None:
     _, iteration = trained
@@ -156,7 +183,7 @@ def test_bad_quantization_options(trained, tmp_path: Path, options: dict[str, st
 
 
 @pytest.mark.parametrize("flavor, options", [("float32", {"per_channel": "true"}), ("dynamic", {"calibration": "random"}),
-                                             ("float16", {"qat": "false"})])
+                                             ("float16", {"qat": "false"}), ("dynamic", {"ranges": "minmax"})])
 def test_quantization_options_refused_on_other_flavors(trained, tmp_path: Path, flavor: str, options: dict) -> None:
     _, iteration = trained
     with pytest.raises(OptionsError, match="applies to|apply to"):
