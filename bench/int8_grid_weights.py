@@ -11,23 +11,35 @@ an error at all: if the *float* model's backbone already uses weights on the gri
 exactly what the converter quantizes), the converter keeps them bit for bit, and the int8 model differs from the
 float one only by its activation rounding.
 
-Variants (``--variants``):
+Variants (``--variants``; see ``bench/README.md`` for the table):
 
-- ``stored``: the stored iteration as it is (the reference row: today's int8 export);
+- ``stored``: the stored iteration as it is (the reference row: the plain int8 export);
 - ``grid``: the backbone's weights snapped to the int8 grid
   (:func:`edgevision.training.quantization.snap_to_int8_grid`), the quick head re-fitted on its features exactly as
   quick training fits it (weight decay by the same cross-validation), and then snapped too;
-- ``grid-backbone``: the same, head not snapped.
+- ``grid-backbone``: the same, head not snapped;
+- ``grid+V+V...``: the head fitted on more views of the training images too (same tags; a fold never trains on
+  its own images' views): ``h`` mirrors, ``q`` / ``qh`` the int8 model's features of the images / mirrors (from
+  the ``grid`` model converted once), ``s``/``t`` shifted +-6 px and ``qs``/``qt`` their int8 features, ``s3``/``t3``
+  +-3 px, ``u``/``v`` mirrored shifts, ``n``/``nh`` noise of sigma 2 grey levels (``qn``/``qnh`` int8), ``q1``/``qh1``,
+  ``q2``/``qh2`` int8 features from calibration seeds 1 and 2, ``gK_S`` K synthetic views ``f + S * (random mix of
+  the observed int8 errors)``;
+- ``eq+...``: each residual stream's channels equalized first (:func:`equalize_residual_streams`).
 
 For each: float top-1 of that float model on the 2,000 test images, the int8 file of the exporter's own recipe
-(:func:`split_head`, 100 ``balanced`` calibration images, seed 0, per-channel weights, uint8 io) run through
-``ai_edge_litert``, its top-1, its top-1 agreement with *its own* float model and the accuracy drop, and the file
-size as % of the stored float32 file. Also checked: the converter's weight scales equal the grid's.
+(:func:`split_head`, ``--calibration`` ``balanced`` images, seed 0, per-channel weights, uint8 io, activation
+ranges by ``--ranges``) run through ``ai_edge_litert``, its top-1, its top-1 agreement with *its own* float model
+and the accuracy drop, and the file size as % of the stored float32 file. Also checked: the converter's weight
+scales equal the grid's (``scales_match_grid`` counts weight tensors; channels whose weights are ~0 get a wider
+scale from the converter, to fit their bias, so such tensors count as unmatched). Float logits and int8
+probabilities are saved per variant in the cache folder for further analysis.
 
 How to run
 ----------
     .venv/bin/python bench/quantization.py --home /tmp/qbench/home --no-qat --prune 0 --calibration 100 --methods balanced
     .venv/bin/python bench/int8_grid_weights.py --home /tmp/qbench/home
+    .venv/bin/python bench/int8_grid_weights.py --home /tmp/qbench/home --cache /tmp/qbench/home-int8grid-mse \
+        --ranges mse --variants grid,grid+h+q+qh
 """
 
 from __future__ import annotations
@@ -50,7 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 PROJECT = "fmnist-quant"
 VARIANTS = ("stored", "grid", "grid-backbone", "grid+q", "grid+h+q+qh", "grid+h+q+qh+n+qn", "grid+h+q+qh+n+qn+nh+qnh",
             "eq+grid", "eq+grid+h+q+qh", "grid+h+q+qh+s+qs+t+qt",
-            "grid+h+q+qh+s3+qs3+t3+qt3", "grid+h+q+qh+s+qs+t+qt+u+qu+v+qv")
+            "grid+h+q+qh+s3+qs3+t3+qt3", "grid+h+q+qh+s+qs+t+qt+u+qu+v+qv",
+            "grid+h+q+qh+g4_1", "grid+h+q+qh+g4_2", "grid+h+q+qh+g8_1.5",
+            "grid+h+q+qh+q1+qh1+q2+qh2")
 
 
 def log(msg: str) -> None:
@@ -84,7 +98,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     calibration = select_calibration_images(calibration_groups(iteration), args.calibration, "balanced", 0)
     float32_size = None
 
-    def int8(model: Any) -> bytes:
+    def int8(model: Any, seed: int = 0) -> bytes:
+        calibration = select_calibration_images(calibration_groups(iteration), args.calibration, "balanced", seed)
         split = split_head(model)
         c = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(tf, split, size)], _holder(tf, split))
         c.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -188,6 +203,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     snap_head_to_int8_grid(model)
                     first.write_bytes(int8(model))
                 q0 = first.read_bytes()
+                other = {}
+                for seed in (1, 2):
+                    path = cache / f"{prefix}-seed{seed}.tflite"
+                    if not path.exists():
+                        snap_head_to_int8_grid(model)
+                        path.write_bytes(int8(model, seed))
+                    other[seed] = path.read_bytes()
                 x_u8 = np.clip(np.round(x_train), 0, 255).astype(np.uint8)
                 mirror = lambda a: np.ascontiguousarray(a[:, :, ::-1])  # noqa: E731
                 def shift(a: np.ndarray, d: int) -> np.ndarray:  # d pixels right and down (left/up if < 0), black fill
@@ -216,8 +238,21 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                          "qu": lambda: int8_features(q0, mirror(shift(x_u8, 6)), widths)[0],
                          "v": lambda: embed(model, mirror(shift(x_train, -6))),
                          "qv": lambda: int8_features(q0, mirror(shift(x_u8, -6)), widths)[0],
+                         "q1": lambda: int8_features(other[1], x_u8, widths)[0],
+                         "qh1": lambda: int8_features(other[1], mirror(x_u8), widths)[0],
+                         "q2": lambda: int8_features(other[2], x_u8, widths)[0],
+                         "qh2": lambda: int8_features(other[2], mirror(x_u8), widths)[0],
                          "qnh": lambda: int8_features(q0, mirror(noisy(x_train, 2)).astype(np.uint8), widths)[0]}
-                extra = [cached(f"{prefix}-train-{k}", parts[k]) for k in spec.split("+")[1:]]
+                tokens = spec.split("+")[1:]
+                extra = [cached(f"{prefix}-train-{k}", parts[k]) for k in tokens if not k.startswith("g")]
+                for k in (k for k in tokens if k.startswith("g")):  # gK_S: K synthetic int8-noise views, scale S
+                    count, scale = k[1:].split("_")
+                    q_, qh_ = cached(f"{prefix}-train-q", parts["q"]), cached(f"{prefix}-train-qh", parts["qh"])
+                    errors = np.concatenate([q_ - f_train, qh_ - cached(f"{prefix}-train-h", parts["h"])])
+                    rng = np.random.default_rng(0)
+                    for _ in range(int(count)):
+                        mix = rng.normal(size=(n_train, len(errors))) / np.sqrt(len(errors))
+                        extra.append((f_train + float(scale) * mix @ errors).astype(np.float32))
             head, l2 = quick_head(f_train, extra)
             row["l2"] = l2
             dense = model.get_layer("model_output")
