@@ -293,6 +293,25 @@ def run_child(args: argparse.Namespace, tmp: Path, n: int, mode: str, folder: Pa
 
 
 # ---------------------------------------------------------------------------- table
+def kept_test_set(home: Path, labels: list[str], size: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test images a ``quantization.py --home HOME`` run kept (``HOME-data/test.npz``), first ``n``:
+    (uint8 images resized as the runtime does, (n, size, size, 3); each one's column in ``labels``)."""
+    from runtimes.preprocess import preprocess
+
+    test = np.load(home.parent / f"{home.name}-data" / "test.npz")
+    n = min(n, len(test["labels"]))
+    x = np.stack([preprocess(im, (size, size)).round().astype(np.uint8) for im in test["images"][:n]])
+    classes = {name.lower(): c for c, name in enumerate(CLASSES)}
+    column = {classes[lab.lower()]: j for j, lab in enumerate(labels)}
+    return x, np.array([column[int(c)] for c in test["labels"][:n]])
+
+
+def text_table(lines: list[tuple[Any, ...]]) -> str:
+    """Rows (the first one the header) as left-aligned columns."""
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
 def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 

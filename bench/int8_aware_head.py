@@ -51,6 +51,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fashion_mnist as fm  # noqa: E402  (bench/: the benchmark's data and tables)
+
 PROJECT = "fmnist-quant"
 VARIANTS = ("clean", "clean+q", "clean+q+qh", "clean+h+q+qh", "clean+q+antid")
 
@@ -92,8 +94,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgevision._tf import import_tf
 
     tf, keras = import_tf()
-    import fashion_mnist as fm
-
     from edgevision.store.project import Project
     from edgevision.training.data import build_training_set, choose_folds, stratified_folds
     from edgevision.training.embeddings import load_batch
@@ -101,7 +101,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgevision.training.quantization import split_head
     from exporters import calibration_groups, select_calibration_images
     from exporters.tflite import DEFAULT_CALIBRATION_IMAGES, _concrete_function, _holder, _representative
-    from runtimes.preprocess import preprocess
 
     home = Path(args.home)
     cache = Path(args.cache or f"{home}-int8head")
@@ -151,12 +150,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     x_train = np.concatenate([load_batch(paths[s : s + 32], size) for s in range(0, n_train, 32)])  # as quick training
     x_train_u8 = np.clip(np.round(x_train), 0, 255).astype(np.uint8)  # as the uint8 int8 model takes them
     mirror = lambda a: np.ascontiguousarray(a[:, :, ::-1])  # noqa: E731
-    test = np.load(home.parent / f"{home.name}-data" / "test.npz")
-    n = min(args.test, len(test["labels"]))
-    x_test = np.stack([preprocess(im, (size, size)).round().astype(np.uint8) for im in test["images"][:n]])
-    classes = {name.lower(): c for c, name in enumerate(fm.CLASSES)}
-    column = {classes[lab.lower()]: j for j, lab in enumerate(iteration.labels)}
-    y = np.array([column[int(c)] for c in test["labels"][:n]])
+    x_test, y = fm.kept_test_set(home, iteration.labels, size, args.test)
+    n = len(y)
 
     f_train = cached("float-train", lambda: embed(x_train))
     f_train_h = cached("float-train-mirror", lambda: embed(mirror(x_train)))
@@ -244,8 +239,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head] + [(r["variant"], f"{r['l2']:g}", f"{r['float_top1']:.4f}", f"{r['proxy_int8_top1']:.4f}",
                        pct(r["proxy_agreement"]), f"{r['int8_top1']:.4f}" if "int8_top1" in r else "-",
                        pct(r.get("agreement")), f"{100 * r['drop']:+.2f}" if "drop" in r else "-") for r in rows]
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return fm.text_table(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fashion_mnist as fm  # noqa: E402  (bench/: the benchmark's data and tables)
+
 PROJECT = "fmnist-quant"
 VARIANTS = ("stored", "grid", "grid-backbone", "grid+q", "grid+h+q+qh", "grid+h+q+qh+n+qn", "grid+h+q+qh+n+qn+nh+qnh",
             "eq+grid", "eq+grid+h+q+qh", "grid+h+q+qh+s+qs+t+qt",
@@ -75,7 +77,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgevision._tf import import_tf
 
     tf, keras = import_tf()
-    import fashion_mnist as fm
     from int8_aware_head import int8_features
     from int8_variants import _run_tflite
 
@@ -143,12 +144,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     paths = [r.path for r in ts.records]
     n_train = len(paths)
     x_train = np.concatenate([load_batch(paths[s : s + 32], size) for s in range(0, n_train, 32)])
-    test = np.load(home.parent / f"{home.name}-data" / "test.npz")
-    n = min(args.test, len(test["labels"]))
-    x_test = np.stack([preprocess(im, (size, size)).round().astype(np.uint8) for im in test["images"][:n]])
-    classes = {name.lower(): c for c, name in enumerate(fm.CLASSES)}
-    column = {classes[lab.lower()]: j for j, lab in enumerate(iteration.labels)}
-    y = np.array([column[int(c)] for c in test["labels"][:n]])
+    x_test, y = fm.kept_test_set(home, iteration.labels, size, args.test)
+    n = len(y)
 
     multilabel = not ts.multiclass
     k_folds = choose_folds(ts.targets, None)
@@ -404,8 +401,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head] + [(r["variant"], f"{r['float_top1']:.4f}", f"{r['int8_top1']:.4f}", f"{100 * r['agreement']:.2f}%",
                        f"{100 * r['drop']:+.2f}", f"{r['int8_mb']:.2f}", f"{r['int8_pct_of_float32']:.1f}")
                       for r in rows]
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return fm.text_table(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

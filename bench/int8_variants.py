@@ -41,6 +41,9 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fashion_mnist as fm  # noqa: E402  (bench/: the benchmark's data and tables)
 
 PROJECT = "fmnist-quant"
 VARIANTS = ("float32", "dynamic", "int8", "head-float", "stem-block0-float", "add-float", "depthwise-float",
@@ -139,14 +142,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     project = Project.open(PROJECT, home=home)
     iteration = next(it for it in project.iterations() if not it.info.get("pruning"))
     size = int(iteration.input_size)
-    test = np.load(home.parent / f"{home.name}-data" / "test.npz")
-    n = min(args.test, len(test["labels"]))
-    x = np.stack([preprocess(im, (size, size)).round().astype(np.uint8) for im in test["images"][:n]])
-    import fashion_mnist as fm
-
-    classes = {name.lower(): c for c, name in enumerate(fm.CLASSES)}
-    column = {classes[lab.lower()]: j for j, lab in enumerate(iteration.labels)}
-    y = np.array([column[int(c)] for c in test["labels"][:n]])
+    x, y = fm.kept_test_set(home, iteration.labels, size, args.test)
+    n = len(y)
     model = iteration.load_model()
     fn = tf.function(lambda a: model(a, training=False))
 
@@ -244,8 +241,7 @@ def table(rows: list[dict[str, Any]], n: int) -> str:
         "-" if "bytes" not in r else f"{100 * r['pct_of_float32']:.1f}", f"{r['test_accuracy']:.4f}",
         f"{100 * r['agreement']:.2f}%", f"{100 * r['agreement_clear']:.2f}% of {r['clear_images']}",
         f"{100 * r['accuracy_drop']:+.2f}") for r in rows]
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return fm.text_table(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

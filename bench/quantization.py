@@ -206,8 +206,7 @@ def table(report: dict[str, Any], test_n: int) -> str:
             "-" if "accuracy_drop" not in r else f"{100 * r['accuracy_drop']:+.2f}",
             f"{v['status']}" + ("" if v["agreement"] is None else f" ({100 * v['agreement']:.1f}%)"),
         ))
-    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in lines)
+    return fm.text_table(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -50,6 +50,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fashion_mnist as fm  # noqa: E402  (bench/: the benchmark's data and tables)
+
 PROJECT = "fmnist-quant"
 MIXES = ("noise", "mixed", "strong")
 
@@ -80,7 +82,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgevision._tf import import_tf
 
     tf, keras = import_tf()
-    import fashion_mnist as fm
     from int8_variants import _run_tflite
 
     from edgevision.domains import get_domain
@@ -91,7 +92,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgevision.training.quantization import split_head
     from exporters import calibration_groups, select_calibration_images
     from exporters.tflite import DEFAULT_CALIBRATION_IMAGES, _concrete_function, _holder, _representative
-    from runtimes.preprocess import preprocess
 
     home = Path(args.home)
     cache_dir = Path(args.cache or f"{home}-robust")
@@ -137,12 +137,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     resized = [load_batch([p], size)[0] for p in paths]
 
     # test images
-    test = np.load(home.parent / f"{home.name}-data" / "test.npz")
-    n = min(args.test, len(test["labels"]))
-    x = np.stack([preprocess(im, (size, size)).round().astype(np.uint8) for im in test["images"][:n]])
-    classes = {name.lower(): c for c, name in enumerate(fm.CLASSES)}
-    column = {classes[lab.lower()]: j for j, lab in enumerate(iteration.labels)}
-    y = np.array([column[int(c)] for c in test["labels"][:n]])
+    x, y = fm.kept_test_set(home, iteration.labels, size, args.test)
+    n = len(y)
     f_test = embed((x[s : s + 50].astype(np.float32) for s in range(0, n, 50)), n, f"test{n}-plain")
     f_noise = embed((np.clip(np.round(x[s : s + 50] + np.random.default_rng(0).normal(0, 1.0, x[s : s + 50].shape)),
                              0, 255).astype(np.float32) for s in range(0, n, 50)), n, f"test{n}-noise1")
@@ -251,8 +247,7 @@ def table(rows: list[dict[str, Any]], n: int) -> str:
     lines = [head] + [(r["variant"], f"{r['l2']:g}", f"{r['float_top1']:.4f}", f"{r['int8_top1']:.4f}",
                        f"{100 * r['agreement']:.2f}%", f"{100 * r['drop']:+.2f}", f"{100 * r['float_noise_flips']:.2f}%",
                        f"{r['extra_feature_s']}", f"{r['fit_s']}") for r in rows]
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    return fm.text_table(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
