@@ -306,6 +306,18 @@ def kept_test_set(home: Path, labels: list[str], size: int, n: int) -> tuple[np.
     return x, np.array([column[int(c)] for c in test["labels"][:n]])
 
 
+def npy_cached(folder: Path, name: str, compute: Any, say: Any = log) -> np.ndarray:
+    """``folder/name.npy`` if it is there, else ``compute()`` saved there (and how long it took, said)."""
+    path = folder / f"{name}.npy"
+    if path.exists():
+        return np.load(path)
+    t = time.perf_counter()
+    value = compute()
+    np.save(path, value)
+    say(f"{name}: {time.perf_counter() - t:.0f} s")
+    return value
+
+
 def text_table(lines: list[tuple[Any, ...]]) -> str:
     """Rows (the first one the header) as left-aligned columns."""
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]

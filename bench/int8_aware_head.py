@@ -131,14 +131,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             dense.set_weights([stored_kernel, stored_bias])
 
     def cached(name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        path = cache / f"{name}.npy"
-        if path.exists():
-            return np.load(path)
-        t = time.perf_counter()
-        value = compute()
-        np.save(path, value)
-        log(f"{name}: {time.perf_counter() - t:.0f} s")
-        return value
+        return fm.npy_cached(cache, name, compute, log)
 
     def embed(x: np.ndarray) -> np.ndarray:
         return np.concatenate([np.asarray(feat_fn(x[s : s + 32].astype(np.float32)), np.float32)

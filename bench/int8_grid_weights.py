@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from int8_variants import _run_tflite
 
     from edgevision.store.project import Project
-    from edgevision.training.data import build_training_set, choose_folds, stratified_folds
+    from edgevision.training import _quick
+    from edgevision.training.data import build_training_set
     from edgevision.training.embeddings import load_batch
-    from edgevision.training.head import L2_GRID, fit_linear_head, log_loss
     from edgevision.training.quantization import snap_head_to_int8_grid, snap_to_int8_grid, split_head
     from exporters import calibration_groups, select_calibration_images
     from exporters.tflite import _concrete_function, _holder, _representative
@@ -125,14 +125,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         return c.convert()
 
     def cached(name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        path = cache / f"{name}.npy"
-        if path.exists():
-            return np.load(path)
-        t = time.perf_counter()
-        value = compute()
-        np.save(path, value)
-        log(f"{name}: {time.perf_counter() - t:.0f} s")
-        return value
+        return fm.npy_cached(cache, name, compute, log)
 
     def embed(model: Any, x: np.ndarray) -> np.ndarray:
         feat = keras.Model(model.input, model.get_layer("features").output)
@@ -146,31 +139,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     x_train = np.concatenate([load_batch(paths[s : s + 32], size) for s in range(0, n_train, 32)])
     x_test, y = fm.kept_test_set(home, iteration.labels, size, args.test)
     n = len(y)
+    feature_input = keras.Model(stored.input, stored.get_layer("features").output)  # _quick assembles its head on it
 
-    multilabel = not ts.multiclass
-    k_folds = choose_folds(ts.targets, None)
-    fold_of = np.zeros(n_train, dtype=int)
-    for f, idx in enumerate(stratified_folds(ts.strata(), k_folds, 0)):
-        fold_of[idx] = f
-
-    def quick_head(features: np.ndarray, extra: list[np.ndarray]) -> tuple[Any, float]:
-        """Quick training's head (weight decay by k-fold CV on out-of-fold clean features), fitted on the
-        clean features plus ``extra`` views of the same images (same tags; a fold never sees its own images)."""
-        stack = np.stack([features, *extra])
-
-        def rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return stack[:, mask].reshape(-1, stack.shape[-1]), np.tile(ts.targets[mask], (len(stack), 1))
-
-        best = None
-        for l2 in L2_GRID:
-            oof = np.zeros_like(ts.targets)
-            for f in range(k_folds):
-                head = fit_linear_head(*rows(fold_of != f), multilabel=multilabel, l2=l2)
-                oof[fold_of == f] = head.predict(features[fold_of == f])
-            loss = log_loss(oof, ts.targets, multilabel)
-            if best is None or loss < best[0] - 1e-9:
-                best = (loss, l2)
-        return fit_linear_head(*rows(np.ones(n_train, bool)), multilabel=multilabel, l2=best[1]), best[1]
+    def quick_head(features: np.ndarray, extra: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+        """Quick training's own head fit (``edgevision.training._quick``: weight decay by k-fold CV on out-of-fold
+        clean features) on the clean features plus ``extra`` views: (kernel, bias, weight decay)."""
+        result = _quick(ts, features, feature_input, seed=0, folds=None, progress=None, views=extra)
+        kernel, bias = result["model"].get_layer("model_output").get_weights()
+        return kernel, bias, result["hyperparameters"]["l2"]
 
     rows: list[dict[str, Any]] = []
     for name in args.variants_list:
@@ -250,10 +226,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     for _ in range(int(count)):
                         mix = rng.normal(size=(n_train, len(errors))) / np.sqrt(len(errors))
                         extra.append((f_train + float(scale) * mix @ errors).astype(np.float32))
-            head, l2 = quick_head(f_train, extra)
-            row["l2"] = l2
+            head_kernel, head_bias, row["l2"] = quick_head(f_train, extra)
             dense = model.get_layer("model_output")
-            dense.set_weights([head.kernel, head.bias])
+            dense.set_weights([head_kernel, head_bias])
             if spec != "grid-backbone":
                 snap_head_to_int8_grid(model)
             kernel, bias = (np.array(w) for w in dense.get_weights())
