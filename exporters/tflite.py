@@ -17,6 +17,8 @@ quantization-aware model (``edgevision train --qat``) instead of the float one w
 A classifier's head is split by feature group for int8 (see
 :func:`edgevision.training.quantization.split_head`: the same function, one int8 scale per group).
 The verification's figures then say how the weights were quantized and what calibrated them.
+Activation ranges are the calibration min/max shrunk to least squared error (``ranges=mse``, the
+classifier default; :func:`least_squares_ranges`) or left as calibrated (``ranges=minmax``).
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ IO_TYPES = ("uint8", "float")
 DEFAULT_CALIBRATION_IMAGES = 100
 #: Options that only mean something for a flavor that quantizes activations / weights.
 INT8_ONLY = ("io", "calibration_images", "calibration", "calibration_seed", "qat", "ranges")
-#: How int8 activation ranges are chosen from the calibration activations (see :func:`least_squares_ranges`).
-RANGE_METHODS = ("mse", "minmax")
 WEIGHT_QUANTIZING_FLAVORS = ("dynamic", "int8")
 
 
@@ -317,6 +317,7 @@ def int8_outputs_model(model: Any, images: list[Path], size: int) -> bytes:
 
     tf, _ = import_tf()
     spec = tf.TensorSpec([1, size, size, 3], tf.float32, name="data")
+
     def serve(data: Any) -> dict[str, Any]:
         result = model(data, training=False)
         result = result if isinstance(result, (list, tuple)) else [result]

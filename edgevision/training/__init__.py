@@ -121,7 +121,7 @@ def train(
                     extractor, ts.records, features, domain, prune, seed=seed, progress=progress)
             if int8_ready:
                 views, int8_info = quantization.int8_views(
-                    extractor, ts.records, quantization.default_calibration(project), progress=progress)
+                    extractor, ts.records, features, quantization.default_calibration(project), progress=progress)
             result = _quick(ts, features, backbone, seed=seed, folds=folds, progress=progress, views=views)
             if int8_ready:
                 quantization.snap_head_to_int8_grid(result["model"])

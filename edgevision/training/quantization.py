@@ -357,11 +357,12 @@ def default_calibration(project: Any) -> list[Path]:
                                      DEFAULT_CALIBRATION_IMAGES, "balanced", 0)
 
 
-def int8_views(extractor: Any, records: Sequence["ImageRecord"], calibration: list[Path], *,
+def int8_views(extractor: Any, records: Sequence["ImageRecord"], features: np.ndarray, calibration: list[Path], *,
                progress: Progress | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
     """More views of the training images for an int8-aware quick head: the mirrored images' float
     features, and the pooled features of the images and their mirrors as the int8 model computes them.
 
+    ``features`` are the images' float features (``extractor.embed(records)``), for the int8 error figure.
     ``extractor`` holds the grid-snapped feature model (``FeatureExtractor(int8_grid=True)``): its weights
     pass through int8 conversion unchanged, so the int8 features differ from the float ones only by
     activation rounding. That model is converted with the int8 export's own recipe
@@ -400,8 +401,7 @@ def int8_views(extractor: Any, records: Sequence["ImageRecord"], calibration: li
             for k, image in enumerate(batch):
                 out = runner(data=image[None].astype(np.float32))
                 quantized[view][start + k] = np.concatenate([np.ravel(out[f"output_{g}"]) for g in range(len(groups))])
-    float_features = extractor.embed(records)
-    error = float(np.linalg.norm(quantized[0] - float_features) / max(np.linalg.norm(float_features), 1e-12))
+    error = float(np.linalg.norm(quantized[0] - features) / max(np.linalg.norm(features), 1e-12))
     info = {"views": list(INT8_VIEWS), "calibration_images": len(calibration),
             "int8_feature_error": round(error, 4), "int8_seconds": round(time.perf_counter() - started, 1)}
     log.info("int8-aware views: relative int8 feature error %.3f", error)
