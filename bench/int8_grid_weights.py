@@ -24,7 +24,8 @@ Variants (``--variants``; see ``bench/README.md`` for the table):
   +-3 px, ``u``/``v`` mirrored shifts, ``n``/``nh`` noise of sigma 2 grey levels (``qn``/``qnh`` int8), ``q1``/``qh1``,
   ``q2``/``qh2`` int8 features from calibration seeds 1 and 2, ``gK_S`` K synthetic views ``f + S * (random mix of
   the observed int8 errors)``;
-- ``eq+...``: each residual stream's channels equalized first (:func:`equalize_residual_streams`).
+- ``eq+...``: each residual stream's channels equalized first (:func:`equalize_residual_streams`);
+- ``r+...``: each ReLU6 tensor's channels equalized first (:func:`equalize_relu6`, at most ``--relu6-cap``).
 
 For each: float top-1 of that float model on the 2,000 test images, the int8 file of the exporter's own recipe
 (:func:`split_head`, ``--calibration`` ``balanced`` images, seed 0, per-channel weights, uint8 io, activation
@@ -66,7 +67,7 @@ VARIANTS = ("stored", "grid", "grid-backbone", "grid+q", "grid+h+q+qh", "grid+h+
             "eq+grid", "eq+grid+h+q+qh", "grid+h+q+qh+s+qs+t+qt",
             "grid+h+q+qh+s3+qs3+t3+qt3", "grid+h+q+qh+s+qs+t+qt+u+qu+v+qv",
             "grid+h+q+qh+g4_1", "grid+h+q+qh+g4_2", "grid+h+q+qh+g8_1.5",
-            "grid+h+q+qh+q1+qh1+q2+qh2")
+            "grid+h+q+qh+q1+qh1+q2+qh2", "r+grid", "r+grid+h+q+qh")
 
 
 def log(msg: str) -> None:
@@ -163,6 +164,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             if name.startswith("eq+"):
                 row["equalized"] = equalize_residual_streams(model, x_train[::5])
                 prefix, spec = "eqgrid", name[3:]
+            elif name.startswith("r+"):
+                row["equalized"] = equalize_relu6(model, x_train[::5], args.relu6_cap)
+                prefix, spec = f"r{args.relu6_cap:g}grid", name[2:]
             report = snap_to_int8_grid(model)
             row["snapped_layers"] = report["layers"]
             row["backbone_weight_change"] = report["relative_change"]
@@ -340,6 +344,48 @@ def equalize_residual_streams(model: Any, images: np.ndarray, *, batch: int = 32
     return {"streams": len(streams), "median_scale": float(np.median(np.concatenate(scales))) if scales else 1.0}
 
 
+def equalize_relu6(model: Any, images: np.ndarray, cap: float, *, batch: int = 32) -> dict[str, Any]:
+    """Scale up (in place) each ReLU6 channel that never reaches 6 on ``images``, and scale down the layer that
+    reads it by the same factor, so that every channel of a ReLU6 tensor spans about 0..6 in int8.
+
+    For channel ``c`` with largest pre-activation ``m_c`` < 6 on ``images``, ``s_c = min(6 / m_c, cap)``:
+    ``ReLU6(s x) = s ReLU6(x)`` for every ``x <= m_c``, so on those images the float function is unchanged;
+    BatchNorm gamma and beta of the producer are multiplied by ``s`` and the reader's input channel ``c``
+    (depthwise conv after the stem / an expansion; projection conv after a depthwise conv) divided by it.
+    Per-channel int8 weights absorb both. The top conv's ReLU6 (pooled into the head's features) is left alone.
+    """
+    from edgevision._tf import import_tf
+
+    tf, keras = import_tf()
+    names = {layer.name for layer in model.layers}
+    blocks = sorted(int(n[5:-len("_project_bn")]) for n in names if n.startswith("block") and n.endswith("_project_bn"))
+    pairs = [("stem_bn", "block0_dw_conv")]
+    for i in blocks:
+        if f"block{i}_expand_bn" in names:
+            pairs.append((f"block{i}_expand_bn", f"block{i}_dw_conv"))
+        pairs.append((f"block{i}_dw_bn", f"block{i}_project_conv"))
+    probe = keras.Model(model.input, [model.get_layer(bn).output for bn, _ in pairs])
+    fn = tf.function(lambda t: probe(t, training=False), reduce_retracing=True)
+    peak: list[np.ndarray | None] = [None] * len(pairs)
+    for start in range(0, len(images), batch):
+        for k, o in enumerate(fn(np.asarray(images[start : start + batch], np.float32))):
+            m = np.max(np.asarray(o), axis=(0, 1, 2))
+            peak[k] = m if peak[k] is None else np.maximum(peak[k], m)
+    scales = []
+    for (bn_name, reader_name), m in zip(pairs, peak):
+        s = np.where(m < 6.0, np.minimum(6.0 / np.maximum(m, 1e-6), cap), 1.0)
+        bn = model.get_layer(bn_name)
+        w = bn.get_weights()
+        bn.set_weights([(w[0] * s).astype(np.float32), (w[1] * s).astype(np.float32)] + w[2:])
+        reader = model.get_layer(reader_name)
+        w = reader.get_weights()
+        w[0] = (w[0] / s.reshape(1, 1, -1, 1)).astype(np.float32)
+        reader.set_weights(w)
+        scales.append(s)
+    flat = np.concatenate(scales)
+    return {"pairs": len(pairs), "median_scale": float(np.median(flat)), "scaled_channels": float(np.mean(flat > 1))}
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
@@ -389,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", type=int, default=100, help="balanced calibration images (default 100)")
     p.add_argument("--ranges", choices=("minmax", "mse", "mse2"), default="minmax",
                    help="activation ranges: the converter's min/max, or each shrunk to least squared error")
+    p.add_argument("--relu6-cap", type=float, default=8.0, help="r+ variants: largest ReLU6 channel scale (default 8)")
     p.add_argument("--denylist", default="", help="diagnostic: TFLite ops left float (with --ranges mse)")
     p.add_argument("--save", help="write the rows as JSON after each variant")
     p.add_argument("--json", action="store_true")
