@@ -293,27 +293,28 @@ def _grid_step(folded: np.ndarray, axis: int) -> np.ndarray:
     return np.max(np.abs(moved), axis=0) / INT8_WEIGHT_LEVELS
 
 
-def _snap(folded: np.ndarray, step: np.ndarray, axis: int) -> np.ndarray:
-    shape = [1] * folded.ndim
+def _shaped(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast along ``axis`` of an ``ndim``-d kernel."""
+    shape = [1] * ndim
     shape[axis] = -1
-    s = step.reshape(shape)
+    return v.reshape(shape)
+
+
+def _snap(folded: np.ndarray, step: np.ndarray, axis: int) -> np.ndarray:
+    s = _shaped(step, folded.ndim, axis)
     return np.where(s > 0, np.round(folded / np.where(s > 0, s, 1.0)) * s, 0.0)
+
+
+def _folded(conv: Any, bn: Any, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(``conv``'s kernel as TFLite folds ``bn`` into it, the broadcastable per-channel fold factor)."""
+    kernel = np.asarray(conv.get_weights()[0], np.float64)
+    factor = _shaped(_bn_factor(bn, kernel.shape[axis]), kernel.ndim, axis)
+    return kernel * factor, factor
 
 
 def int8_grid_steps(model: Any) -> dict[str, np.ndarray]:
     """Each conv / depthwise conv's per-channel int8 step, after BatchNorm folding (what TFLite quantizes with)."""
-    out = {}
-    for conv, bn, axis in _folded_convs(model):
-        kernel = np.asarray(conv.get_weights()[0], np.float64)
-        factor = _bn_factor(bn, kernel.shape[axis])
-        out[conv.name] = _grid_step(kernel * _shaped(factor, kernel.ndim, axis), axis)
-    return out
-
-
-def _shaped(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
-    shape = [1] * ndim
-    shape[axis] = -1
-    return v.reshape(shape)
+    return {conv.name: _grid_step(_folded(conv, bn, axis)[0], axis) for conv, bn, axis in _folded_convs(model)}
 
 
 def snap_to_int8_grid(model: Any) -> dict[str, Any]:
@@ -330,15 +331,13 @@ def snap_to_int8_grid(model: Any) -> dict[str, Any]:
     changed = total = 0.0
     count = 0
     for conv, bn, axis in _folded_convs(model):
-        weights = conv.get_weights()
-        kernel = np.asarray(weights[0], np.float64)
-        factor = _shaped(_bn_factor(bn, kernel.shape[axis]), kernel.ndim, axis)
-        folded = kernel * factor
+        folded, factor = _folded(conv, bn, axis)
         snapped = _snap(folded, _grid_step(folded, axis), axis)
         changed += float(np.sum((snapped - folded) ** 2))
         total += float(np.sum(folded**2))
+        weights = conv.get_weights()
         safe = np.where(factor != 0, factor, 1.0)
-        weights[0] = np.where(factor != 0, snapped / safe, kernel).astype(np.float32)
+        weights[0] = np.where(factor != 0, snapped / safe, weights[0]).astype(np.float32)
         conv.set_weights(weights)
         count += 1
     return {"layers": count, "relative_change": float(np.sqrt(changed / max(total, 1e-30)))}

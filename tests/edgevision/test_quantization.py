@@ -140,9 +140,8 @@ def test_snap_puts_folded_kernels_on_the_int8_grid() -> None:
     assert report["layers"] == 2 and 0 < report["relative_change"] < 0.01
     steps = quantization.int8_grid_steps(model)
     for conv, bn, axis in quantization._folded_convs(model):
-        kernel = conv.get_weights()[0].astype(np.float64)
-        folded = kernel * quantization._shaped(quantization._bn_factor(bn, kernel.shape[axis]), kernel.ndim, axis)
-        k = folded / quantization._shaped(steps[conv.name], kernel.ndim, axis)
+        folded, _ = quantization._folded(conv, bn, axis)
+        k = folded / quantization._shaped(steps[conv.name], folded.ndim, axis)
         assert np.max(np.abs(k - np.round(k))) < 1e-3  # integers ...
         assert np.max(np.abs(k)) == pytest.approx(127, abs=1e-3)  # ... spanning -127..127 per channel
     # snapping again changes nothing; the float function moved only by the rounding
