@@ -193,6 +193,7 @@ def _completed_json(project: Any, it: Any, meta: dict[str, Any]) -> dict[str, An
         "trainingErrorDetails": None,
         "edgevisionNumber": it.number,
         "edgevisionMode": mode,
+        "edgevisionInt8Ready": bool(info.get("int8_ready")),
     }
 
 
@@ -226,6 +227,7 @@ def _pending_json(project: Any, iteration_id: str, meta: dict[str, Any], job: Jo
         "trainingErrorDetails": error,
         "edgevisionNumber": None,
         "edgevisionMode": _TRAINING_TYPES.get(str(meta.get("trainingType", "Regular")).lower(), "quick"),
+        "edgevisionInt8Ready": bool(meta.get("int8Ready")),
     }
     if status == "Training":
         progress = job.progress_json() if job is not None else {"done": 0, "total": 0, "stage": "queued"}
@@ -320,6 +322,15 @@ def train_project(app: ApiApp, request: Request) -> dict[str, Any]:
     hours = request.number("reservedBudgetInHours", 0, low=0, high=24 * 7)
     minutes = request.number("edgevisionBudgetMinutes", 0, low=0, high=24 * 60 * 7)
     force = request.flag("forceTrain")
+    int8_ready = request.flag("edgevisionInt8Ready")
+    if int8_ready:
+        from edgevision.errors import UsageError
+        from edgevision.training.quantization import check_request
+
+        try:
+            check_request(project.type, int8_ready=True, mode=mode)
+        except UsageError as exc:
+            raise ApiError(400, "BadRequestNotSupported", f"edgevisionInt8Ready=true: {exc}") from exc
     body = request.json(required=False)
     if isinstance(body, dict) and (body.get("selectedTags") or body.get("customBaseModelInfo")):
         raise ApiError(400, "BadRequestNotSupported",
@@ -339,8 +350,10 @@ def train_project(app: ApiApp, request: Request) -> dict[str, Any]:
         with state.file_lock:
             metas = _read_state(project.path)["iterations"]
         stored = project.iterations()
-        if stored and metas.get(stored[-1].id.lower(), {}).get("fingerprint") == fingerprint \
-                and metas.get(stored[-1].id.lower(), {}).get("trainingType", "Regular").lower() == kind.lower():
+        last = metas.get(stored[-1].id.lower(), {}) if stored else {}
+        if stored and last.get("fingerprint") == fingerprint \
+                and last.get("trainingType", "Regular").lower() == kind.lower() \
+                and bool(last.get("int8Ready")) == int8_ready:
             raise ApiError(400, "BadRequestTrainingNotNeeded",
                            "nothing changed since the last training (same images, tags and training type); "
                            "pass forceTrain=true to train again")
@@ -350,22 +363,24 @@ def train_project(app: ApiApp, request: Request) -> dict[str, Any]:
     canonical = "Advanced" if mode == "advanced" else "Regular"
     _update_meta(app, project.path, iteration_id, pending=True, created=created, trainingType=canonical,
                  reservedBudgetInHours=int(hours), fingerprint=fingerprint, name=f"Iteration {number_guess}",
-                 budgetMinutes=budget)
-    job = Job(iteration_id, _training_runner(app, project.path, iteration_id, mode, budget),
+                 budgetMinutes=budget, int8Ready=int8_ready or None)
+    job = Job(iteration_id, _training_runner(app, project.path, iteration_id, mode, budget, int8_ready),
               info={"projectId": project.id, "projectPath": str(project.path)})
     state.jobs[iteration_id] = job
     state.training.submit(job)
     return _iteration_json(app, project, iteration_id)
 
 
-def _training_runner(app: ApiApp, project_path: Path, iteration_id: str, mode: str, budget: float | None) -> Any:
+def _training_runner(app: ApiApp, project_path: Path, iteration_id: str, mode: str, budget: float | None,
+                     int8_ready: bool = False) -> Any:
     def run(job: Job) -> str:
         from edgevision.store.project import Project
         from edgevision.training import train
 
         try:
             with Project(project_path) as project:
-                it = train(project, mode, budget=budget, progress=job.progress, iteration_id=iteration_id)
+                it = train(project, mode, budget=budget, progress=job.progress, iteration_id=iteration_id,
+                           int8_ready=int8_ready)
                 number = it.number
         except BaseException as exc:
             from edgevision.api.jobs import JobCancelled

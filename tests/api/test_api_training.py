@@ -411,3 +411,24 @@ def test_train_refuses_a_bad_or_taken_iteration_id(served, trained) -> None:
             train(fresh, "quick", iteration_id="iteration-7")
         with pytest.raises(UsageError, match="already has an iteration"):
             train(fresh, "quick", iteration_id=trained["done"]["id"].upper())
+
+
+def test_int8_ready_training(served, trained) -> None:
+    """``edgevisionInt8Ready=true`` trains like ``edgevision train --int8-ready`` (last here: it adds an iteration)."""
+    client, project = served
+    bad = client.call("POST", f"/projects/{project.id}/train?edgevisionInt8Ready=maybe")
+    assert bad.status == 400 and "edgevisionInt8Ready" in bad.json["message"]
+    advanced = client.call("POST", f"/projects/{project.id}/train?trainingType=Advanced&edgevisionInt8Ready=true")
+    assert advanced.status == 400 and advanced.json["code"] == "BadRequestNotSupported"
+    assert "quick mode only" in advanced.json["message"]
+    answer = client.call("POST", f"/projects/{project.id}/train?edgevisionInt8Ready=true")  # differs from the last
+    assert answer.status == 200, answer.body
+    assert answer.json["status"] == "Training" and answer.json["edgevisionInt8Ready"] is True
+    done = wait_for(client, f"/projects/{project.id}/iterations/{answer.json['id']}", finished)
+    assert done["status"] == "Completed" and done["edgevisionInt8Ready"] is True, done
+    with Project(project.path) as fresh:
+        assert fresh.iteration().info["int8_ready"]["views"] == ["hflip", "int8", "int8-hflip"]
+    again = client.call("POST", f"/projects/{project.id}/train?edgevisionInt8Ready=true")
+    assert again.status == 400 and again.json["code"] == "BadRequestTrainingNotNeeded"
+    listed = {it["id"]: it for it in client.call("GET", f"/projects/{project.id}/iterations").json}
+    assert listed[trained["started"]["id"]]["edgevisionInt8Ready"] is False

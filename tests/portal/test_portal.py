@@ -269,6 +269,8 @@ def test_threshold_slider_refetches_performance(trained_page: Any, trained_porta
     table = page.locator("#perf-table tbody tr")
     table.first.wait_for()
     assert table.count() == 4
+    # A classifier's train panel offers int8-ready quick training (edgevisionInt8Ready); this one was plain.
+    assert page.locator("#int8-ready").count() == 1 and iteration["edgevisionInt8Ready"] is False
 
     def expected(threshold: float) -> tuple[str, str]:
         perf = running.ok("GET", f"/projects/{project['id']}/iterations/{iteration['id']}/performance?threshold={threshold}")
@@ -388,6 +390,7 @@ def test_detector_overlap_slider_quick_test_boxes_and_review(browser: Any, train
         page.goto(f"{running.base}/#/projects/{project['id']}/train/{iteration['id']}")
         page.locator("#perf-table tbody tr").first.wait_for()
         expect(page.locator("#metric-ap .metric-label")).to_have_text("mAP")
+        assert page.locator("#int8-ready").count() == 0  # int8-ready training is for classifiers
         page.locator("#overlap").fill("0.7")
         expect(page.locator("#overlap-value")).to_have_text("70%")
         perf = running.ok("GET", f"/projects/{project['id']}/iterations/{iteration['id']}/performance"
