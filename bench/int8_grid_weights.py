@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgevision.training.embeddings import load_batch
     from edgevision.training.quantization import snap_head_to_int8_grid, snap_to_int8_grid, split_head
     from exporters import calibration_groups, select_calibration_images
-    from exporters.tflite import _concrete_function, _holder, _representative
+    from exporters.tflite import _concrete_function, _holder, int8_recipe
     from runtimes.preprocess import preprocess
 
     home = Path(args.home)
@@ -104,9 +104,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         calibration = select_calibration_images(calibration_groups(iteration), args.calibration, "balanced", seed)
         split = split_head(model)
         c = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(tf, split, size)], _holder(tf, split))
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-        c.representative_dataset = _representative(calibration, size)
-        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        int8_recipe(tf, c, calibration, size)  # the exporter's int8 recipe (min/max ranges)
         if args.ranges == "mse2":
             from exporters.tflite import _int8_least_squares
 

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgevision.training.head import L2_GRID, fit_linear_head, log_loss
     from edgevision.training.quantization import split_head
     from exporters import calibration_groups, select_calibration_images
-    from exporters.tflite import DEFAULT_CALIBRATION_IMAGES, _concrete_function, _holder, _representative
+    from exporters.tflite import DEFAULT_CALIBRATION_IMAGES, _concrete_function, _holder, int8_recipe
 
     home = Path(args.home)
     cache_dir = Path(args.cache or f"{home}-robust")
@@ -187,9 +187,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         dense.set_weights([kernel, bias])
         split = split_head(model)
         c = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(tf, split, size)], _holder(tf, split))
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-        c.representative_dataset = _representative(paths_cal, size)
-        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        int8_recipe(tf, c, paths_cal, size)  # the exporter's int8 recipe (min/max ranges)
         c.inference_input_type = tf.uint8
         c.inference_output_type = tf.uint8
         return c.convert()
