@@ -106,9 +106,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         c = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(tf, split, size)], _holder(tf, split))
         int8_recipe(tf, c, calibration, size)  # the exporter's int8 recipe (min/max ranges)
         if args.ranges == "mse2":
-            from exporters.tflite import _int8_least_squares
+            from exporters.tflite import int8_calibrated
 
-            return _int8_least_squares(tf, c, calibration, size, "uint8")
+            return int8_calibrated(tf, c, calibration, size, "uint8", bias_correction=args.bias_correction)[0]
         if args.ranges == "mse":
             from int8_variants import _mse_ranges
             from tensorflow.lite.python import convert, util
@@ -433,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", type=int, default=100, help="balanced calibration images (default 100)")
     p.add_argument("--ranges", choices=("minmax", "mse", "mse2"), default="minmax",
                    help="activation ranges: the converter's min/max, or each shrunk to least squared error")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="with --ranges mse2: quantize without the exporter's bias correction")
     p.add_argument("--relu6-cap", type=float, default=8.0, help="r+ variants: largest ReLU6 channel scale (default 8)")
     p.add_argument("--denylist", default="", help="diagnostic: TFLite ops left float (with --ranges mse)")
     p.add_argument("--save", help="write the rows as JSON after each variant")

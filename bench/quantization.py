@@ -112,8 +112,10 @@ def _plan(args: argparse.Namespace, qat_it: Any, pruned_it: Any | None, ready_it
     rows: list[tuple[str, Any, str, dict]] = [("float32", qat_it, "float32", {}), ("dynamic", qat_it, "dynamic", {})]
     if ready_it is not None:
         rows += [("int8-ready float32", ready_it, "float32", {}), ("int8-ready int8", ready_it, "int8", {}),
-                 ("int8-ready int8 minmax", ready_it, "int8", {"ranges": "minmax"})]
+                 ("int8-ready int8 minmax", ready_it, "int8", {"ranges": "minmax"}),
+                 ("int8-ready int8 no-bc", ready_it, "int8", {"bias_correction": "false"})]
     rows.append(("int8 PTQ minmax", qat_it, "int8", {"qat": "false", "ranges": "minmax"}))
+    rows.append(("int8 PTQ no-bc", qat_it, "int8", {"qat": "false", "bias_correction": "false"}))
     for n in args.calibration_list:
         for method in args.methods_list:
             rows.append((f"int8 PTQ {method} {n}", qat_it, "int8",

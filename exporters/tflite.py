@@ -18,7 +18,9 @@ A classifier's head is split by feature group for int8 (see
 :func:`edgevision.training.quantization.split_head`: the same function, one int8 scale per group).
 The verification's figures then say how the weights were quantized and what calibrated them.
 Activation ranges are the calibration min/max shrunk to least squared error (``ranges=mse``, the
-classifier default; :func:`least_squares_ranges`) or left as calibrated (``ranges=minmax``).
+classifier default; :func:`least_squares_ranges`) or left as calibrated (``ranges=minmax``). A classifier's
+conv biases are then corrected so that each channel's int8 output keeps the float mean
+(``bias_correction``, default on; :func:`correct_biases`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -41,7 +43,7 @@ IO_TYPES = ("uint8", "float")
 #: Calibration images used when ``calibration_images`` is not given (fewer if fewer are available).
 DEFAULT_CALIBRATION_IMAGES = 100
 #: Options that only mean something for a flavor that quantizes activations / weights.
-INT8_ONLY = ("io", "calibration_images", "calibration", "calibration_seed", "qat", "ranges")
+INT8_ONLY = ("io", "calibration_images", "calibration", "calibration_seed", "qat", "ranges", "bias_correction")
 WEIGHT_QUANTIZING_FLAVORS = ("dynamic", "int8")
 
 
@@ -71,6 +73,11 @@ class TFLiteOptions(Options):
             rounding + clipping error on the calibration activations (:func:`least_squares_ranges`);
             ``minmax``: the calibration min/max as the converter records them (the default for
             detectors, whose float post-processing the range editing does not cover).
+        bias_correction: ``int8`` flavor only: shift each conv / depthwise bias so that the int8
+            model's outputs have, channel by channel, the same mean as the float model's on the
+            calibration images (:func:`correct_biases`). Default true for classifiers (it costs about
+            half a second per calibration image on two cores); detectors and quantization-aware models
+            are converted without it (asking for it there is an error).
     """
 
     io: Optional[str] = None
@@ -80,6 +87,7 @@ class TFLiteOptions(Options):
     per_channel: Optional[bool] = None
     qat: Optional[bool] = None
     ranges: Optional[Literal["mse", "minmax"]] = None
+    bias_correction: Optional[bool] = None
 
     def validate(self) -> None:
         if self.io is not None and self.io not in IO_TYPES:
@@ -173,6 +181,8 @@ class TFLiteExporter(Exporter):
         tf, _ = import_tf()
         self._notes: dict[str, Any] = {}
         qat_model = self._qat_model(ctx, options) if flavor == "int8" else None
+        ranges, bias_correction = ((self._ranges(ctx, options, qat_model), self._bias_correction(ctx, options, qat_model))
+                                   if flavor == "int8" else ("minmax", False))
         if qat_model is not None:
             # The fake-quant ranges learnt in training decide the activation scales; calibration
             # below still covers what the QAT graph leaves float.
@@ -208,8 +218,11 @@ class TFLiteExporter(Exporter):
                 if not ctx.is_detector:  # a detector's boxes/scores stay float32, its classes int64
                     converter.inference_output_type = tf.uint8
         path = ctx.out_dir / MODEL_FILE
-        if flavor == "int8" and self._ranges(ctx, options, qat_model) == "mse":
-            path.write_bytes(_int8_least_squares(tf, converter, images, ctx.input_size, io))
+        if ranges == "mse" or bias_correction:  # classifiers (detectors and QAT models have neither)
+            blob, notes = int8_calibrated(tf, converter, images, ctx.input_size, io, ranges=ranges,
+                                          bias_correction=bias_correction)
+            self._notes.update(notes)
+            path.write_bytes(blob)
         else:
             path.write_bytes(converter.convert())
         rename_io_tensors(path)
@@ -271,6 +284,17 @@ class TFLiteExporter(Exporter):
         self._notes["ranges"] = ranges
         return ranges
 
+    def _bias_correction(self, ctx: ExportContext, options: TFLiteOptions, qat_model: Any) -> bool:
+        """Whether the options ask for :func:`correct_biases` (classifiers without a QAT model: default yes)."""
+        if options.bias_correction and (ctx.is_detector or qat_model is not None):
+            why = ("a detector is converted in one step with its float post-processing" if ctx.is_detector
+                   else "a quantization-aware model's trained ranges already match its own float graph "
+                        "(or export with qat=false)")
+            raise OptionsError(f"option bias_correction=true: not available here: {why}; drop the option")
+        on = options.bias_correction is not False and not ctx.is_detector and qat_model is None
+        self._notes["bias_correction"] = False  # replaced by its figures when it runs
+        return on
+
     def _calibration(self, ctx: ExportContext, options: TFLiteOptions) -> list[Path]:
         """The int8 calibration images the options ask for (the iteration's hold-out excluded)."""
         method = options.calibration or "balanced"
@@ -305,7 +329,8 @@ def int8_recipe(tf: Any, converter: Any, images: list[Path], size: int) -> None:
 
 def int8_outputs_model(model: Any, images: list[Path], size: int) -> bytes:
     """``model`` (tf_keras, RGB 0..255 in, one or more outputs) as the int8 export converts a classifier:
-    :func:`int8_recipe` on ``images``, least-squares activation ranges; float32 in and out, so each
+    :func:`int8_recipe` on ``images``, least-squares activation ranges, bias correction (see
+    :func:`int8_calibrated`); float32 in and out, so each
     output reads back dequantized. Quantization-aware quick training uses it to see the pooled features
     exactly as the int8 export's head will read them.
 
@@ -326,14 +351,20 @@ def int8_outputs_model(model: Any, images: list[Path], size: int) -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [tf.function(serve).get_concrete_function(spec)], _holder(tf, model))
     int8_recipe(tf, converter, images, size)
-    return _int8_least_squares(tf, converter, images, size, "float")
+    return int8_calibrated(tf, converter, images, size, "float")[0]
 
 
-def _int8_least_squares(tf: Any, converter: Any, images: list[Path], size: int, io: str) -> bytes:
-    """Full-integer conversion with :func:`least_squares_ranges`: calibrate only, edit the ranges, quantize.
+def int8_calibrated(tf: Any, converter: Any, images: list[Path], size: int, io: str, *, ranges: str = "mse",
+                    bias_correction: bool = True) -> tuple[bytes, dict[str, Any]]:
+    """A classifier's full-integer conversion: calibrate only, edit the calibrated float model, quantize.
 
     The same steps ``TFLiteConverter.convert()`` takes for int8 (calibrate, then the MLIR quantizer with
-    per-channel weights unless disabled), with the range edit in between.
+    per-channel weights unless disabled). In between, ``ranges="mse"`` applies :func:`least_squares_ranges`
+    and ``bias_correction`` applies :func:`correct_biases`, both on ``images``.
+
+    Returns:
+        The ``.tflite`` bytes (``io`` ``uint8`` or ``float``) and notes for the verification details
+        (``{"bias_correction": its figures, or False}``).
     """
     from tensorflow.lite.python import convert
 
@@ -342,10 +373,22 @@ def _int8_least_squares(tf: Any, converter: Any, images: list[Path], size: int, 
     converter.experimental_new_quantizer = True
     converter._experimental_calibrate_only = True  # noqa: SLF001  (TF 2.21: returns the calibrated float model)
     calibrated = converter.convert()
-    edited = least_squares_ranges(calibrated, (preprocess(p, (size, size))[None] for p in images))
+    per_channel_off = bool(converter._experimental_disable_per_channel)  # noqa: SLF001
+    # Decoded once for both edits, as uint8 (the same pixel values; a quarter of float32's memory).
+    decoded = [preprocess(p, (size, size), dtype=np.uint8)[None] for p in images] if ranges == "mse" or bias_correction else []
+    if ranges == "mse":
+        calibrated = least_squares_ranges(calibrated, decoded)
+    notes: dict[str, Any] = {"bias_correction": False}
+    if bias_correction:
+        def measured(model: bytes) -> bytes:
+            return convert.mlir_quantize(model, disable_per_channel=per_channel_off,
+                                         input_data_type=tf.float32, output_data_type=tf.float32)
+
+        calibrated, notes["bias_correction"] = correct_biases(calibrated, decoded, measured)
+        log.info("int8 bias correction: %s", notes["bias_correction"])
     kind = tf.uint8 if io == "uint8" else tf.float32
-    return convert.mlir_quantize(edited, disable_per_channel=bool(converter._experimental_disable_per_channel),  # noqa: SLF001
-                                 input_data_type=kind, output_data_type=kind)
+    return convert.mlir_quantize(calibrated, disable_per_channel=per_channel_off,
+                                 input_data_type=kind, output_data_type=kind), notes
 
 
 #: Activation values sampled per calibration image and tensor for the range search.
@@ -393,7 +436,7 @@ def least_squares_ranges(calibrated: bytes, images: Iterable[np.ndarray], *, see
     Args:
         calibrated: what the converter returns with ``_experimental_calibrate_only`` (float ops, each
             tensor carrying the calibration min/max).
-        images: float32 batches [1, H, W, 3] as the model takes them (the calibration images).
+        images: batches [1, H, W, 3] of pixel values, float32 or uint8 (the calibration images).
         seed: which activation values are sampled (:data:`RANGE_SAMPLES_PER_IMAGE` per image and tensor).
             The positions depend only on the seed and the tensor's size, so the same tensor gets the
             same range in any model that contains it (a classifier and its feature model, say).
@@ -428,6 +471,120 @@ def least_squares_ranges(calibrated: bytes, images: Iterable[np.ndarray], *, see
         lo, hi = least_squares_range(np.concatenate(samples[i]), float(q.min[0]), float(q.max[0]))
         q.min, q.max = np.array([lo], np.float32), np.array([hi], np.float32)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(fb))
+
+
+#: A channel's correction is divided by the fraction of its outputs inside its activation's linear
+#: range, but never by less than this (a channel almost always clipped gets at most 4x its error).
+BIAS_CORRECTION_MIN_ACTIVE = 0.25
+#: Fused activations and their linear ranges, by TFLite's ActivationFunctionType value.
+_LINEAR_RANGE = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
+
+
+def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Callable[[bytes], bytes], *,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Empirical bias correction: shift each conv / depthwise bias of a calibrated float model so that
+    its int8 version's output has, per channel, the same mean as the float model's.
+
+    Int8 rounding is not mean-free. Clipping an activation to a shrunk range removes its tail, and
+    rounding a weight changes a channel's gain, so every layer's int8 output drifts from the float
+    one by a per-channel offset. The drift adds up through the network. The correction walks the
+    layers in execution order. For each layer it quantizes the model as corrected so far (``quantize``:
+    the export's own ``mlir_quantize`` call, float io), runs ``images`` through it, and measures the
+    mean of ``int8 - float`` on every output channel. It then subtracts that from the float bias. The
+    difference is divided by the fraction of outputs in the fused activation's linear range (a bias
+    moves a ReLU6 output only where it is neither 0 nor 6). Each layer is measured after all layers
+    before it are corrected, so no drift is corrected twice. Weights and activation ranges are left
+    alone. The float model's outputs are the reference. Dense layers (the head) are not corrected.
+
+    Args:
+        calibrated: a calibrated float model (``_experimental_calibrate_only``), ranges as they
+            will be quantized.
+        images: batches [1, H, W, 3] of pixel values as the model takes them (float32 or uint8).
+        quantize: turns a calibrated model into the int8 one whose tensors are measured.
+        progress: called with (layers done, layers) after each layer.
+
+    Returns:
+        The calibrated model with corrected biases, and ``{"layers", "images", "seconds",
+        "mean_error_before", "mean_error_after"}``: the RMS, over every corrected layer's channels, of
+        the per-channel mean error of the int8 model before and after.
+    """
+    import time
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    start = time.perf_counter()
+    data = bytearray(calibrated)
+    model = schema.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    kinds = {schema.BuiltinOperator.CONV_2D: schema.Conv2DOptions,
+             schema.BuiltinOperator.DEPTHWISE_CONV_2D: schema.DepthwiseConv2DOptions}
+    targets = []  # (output tensor's name, writable float32 view of the bias inside `data`, linear range)
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        kind = kinds.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        if kind is None or op.InputsLength() < 3 or op.Inputs(2) < 0:
+            continue
+        bias = graph.Tensors(op.Inputs(2))
+        values = model.Buffers(bias.Buffer()).DataAsNumpy()
+        if bias.Type() != schema.TensorType.FLOAT32 or not isinstance(values, np.ndarray) or not values.size:
+            continue
+        options = kind()
+        table = op.BuiltinOptions()
+        options.Init(table.Bytes, table.Pos)
+        linear = _LINEAR_RANGE.get(options.FusedActivationFunction())
+        if linear is None:
+            continue
+        # By name: quantizing inserts tensors, so indices differ between the float and int8 models.
+        targets.append((graph.Tensors(op.Outputs(0)).Name().decode(), values.view(np.float32), linear))
+
+    def channel_means(blob: bytes, tensors: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per output channel of each tensor: mean over ``images`` and positions, and the fraction inside
+        its linear range (dequantized when the tensor is int8)."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        with warnings.catch_warnings():  # "intended for debugging": reading inner tensors is the point
+            warnings.simplefilter("ignore")
+            interpreter = Interpreter(model_content=blob, experimental_preserve_all_tensors=True)
+        interpreter.allocate_tensors()
+        source = interpreter.get_input_details()[0]["index"]
+        details = {d["name"]: d for d in interpreter.get_tensor_details()}
+        sums: dict[str, Any] = {t: 0.0 for t in tensors}
+        inside: dict[str, Any] = {t: 0.0 for t in tensors}
+        count = dict.fromkeys(tensors, 0)
+        ranges = {t: linear for t, _, linear in targets}
+        for image in images:
+            interpreter.set_tensor(source, np.asarray(image, np.float32))
+            interpreter.invoke()
+            for t in tensors:
+                v = interpreter.get_tensor(details[t]["index"])
+                if v.dtype != np.float32:
+                    s, z = details[t]["quantization"]
+                    v = (v.astype(np.float32) - z) * s
+                v = v.reshape(-1, v.shape[-1])
+                lo, hi = ranges[t]
+                sums[t] = sums[t] + v.sum(axis=0, dtype=np.float64)
+                inside[t] = inside[t] + ((v > lo) & (v < hi)).sum(axis=0)
+                count[t] += len(v)
+        return [(sums[t] / count[t], inside[t] / count[t]) for t in tensors]
+
+    outputs = [t for t, _, _ in targets]
+    reference = channel_means(bytes(data), outputs)
+
+    def rms_error() -> float:  # of every target's per-channel mean, int8 against float
+        means = channel_means(quantize(bytes(data)), outputs)
+        return float(np.sqrt(np.mean(np.concatenate([m - f for (m, _), (f, _) in zip(means, reference)]) ** 2)))
+
+    before = rms_error() if targets else 0.0
+    for k, ((tensor, bias, _), (float_mean, active)) in enumerate(zip(targets, reference)):
+        (int8_mean, _), = channel_means(quantize(bytes(data)), [tensor])
+        bias -= ((int8_mean - float_mean) / np.maximum(active, BIAS_CORRECTION_MIN_ACTIVE)).astype(np.float32)
+        if progress is not None:
+            progress(k + 1, len(targets))
+    after = rms_error() if targets else 0.0
+
+    return bytes(data), {"layers": len(targets), "images": len(images), "seconds": round(time.perf_counter() - start, 1),
+                         "mean_error_before": round(before, 5), "mean_error_after": round(after, 5)}
 
 
 def _representative(images: list[Path], size: int) -> Any:

@@ -104,6 +104,17 @@ def test_int8_detector_is_smaller_and_keeps_map(trained_detector, tmp_path: Path
     assert v.status == "ok", v.reason
     assert v.details["map50_drop"] <= 0.02
     assert v.details["file_bytes"] < 0.4 * v.details["float32_weights_bytes"]
+    assert v.details["ranges"] == "minmax" and v.details["bias_correction"] is False
+
+
+@pytest.mark.parametrize("options, match", [({"ranges": "mse"}, "float post-processing"),
+                                            ({"bias_correction": "true"}, "converted in one step")])
+def test_int8_detector_refuses_classifier_only_options(trained_detector, tmp_path: Path, options: dict,
+                                                       match: str) -> None:
+    _, it = trained_detector
+    with pytest.raises(OptionsError, match=match):
+        it.export("tflite", flavor="int8", out=tmp_path / "int8", options=options)
+    assert not (tmp_path / "int8").exists()
 
 
 def test_raw_flavor_is_for_detectors_only(trained) -> None:

@@ -142,6 +142,8 @@ def test_int8_records_its_calibration(tflite_exports: dict[str, Path]) -> None:
     assert d["calibration"] == {"method": "balanced", "images": 24, "seed": 0, "available": 24, "tags": 4}
     assert d["qat"] is False  # the sample iteration was trained without --qat
     assert d["ranges"] == "mse"  # least-squares activation ranges, the classifiers' default
+    bc = d["bias_correction"]  # on by default: every conv / depthwise layer, on the calibration images
+    assert bc["layers"] > 40 and bc["images"] == 24 and bc["mean_error_after"] < 0.5 * bc["mean_error_before"]
 
 
 def test_least_squares_range_clips_rare_outliers_only() -> None:
@@ -159,6 +161,103 @@ def test_least_squares_range_clips_rare_outliers_only() -> None:
     assert -40.0 <= lo < 0 < hi < 8.0 and lo / -40.0 != hi / 8.0
     best_symmetric = min(_int8_error(skewed, -40.0 * f, 8.0 * f) for f in RANGE_FRACTIONS)
     assert _int8_error(skewed, lo, hi) < best_symmetric
+
+
+def _tiny_calibrated(rng: np.random.Generator, images: np.ndarray) -> bytes:
+    """A calibrated (not yet quantized) float TFLite model of a tiny conv / depthwise / conv network whose
+    channels differ a hundredfold in weight range (so one int8 scale per tensor rounds them unevenly)."""
+    from edgevision._tf import import_tf
+    from exporters.tflite import _concrete_function, _holder
+
+    tf, keras = import_tf()
+    x = inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation=tf.nn.relu6, name="a")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation=tf.nn.relu6, name="b")(x)
+    x = keras.layers.Conv2D(6, 1, name="c")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    for layer in model.layers:
+        w = layer.get_weights()
+        if w:
+            spread = rng.uniform(0.01, 2.0, w[0].shape[-2 if isinstance(layer, keras.layers.DepthwiseConv2D) else -1])
+            kernel = rng.normal(0, 1, w[0].shape) * (spread[:, None] if isinstance(layer, keras.layers.DepthwiseConv2D)
+                                                      else spread)
+            layer.set_weights([kernel.astype(np.float32), rng.normal(0, 0.5, w[1].shape).astype(np.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(tf, model, 16)], _holder(tf, model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image] for image in images)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter._experimental_calibrate_only = True
+    return converter.convert()
+
+
+def _layer_mean_errors(calibrated: bytes, quantized: bytes, images: np.ndarray) -> np.ndarray:
+    """Per output channel of every conv / depthwise op: mean over ``images`` of ``quantized`` minus the float
+    model ``calibrated``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    def means(blob: bytes) -> dict[str, np.ndarray]:
+        ip = Interpreter(model_content=blob, experimental_preserve_all_tensors=True)
+        ip.allocate_tensors()
+        outs = [ip._get_tensor_details(op["outputs"][0], 0) for op in ip._get_ops_details()
+                if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+        sums = {d["name"]: 0.0 for d in outs}
+        for image in images:
+            ip.set_tensor(ip.get_input_details()[0]["index"], image[None])
+            ip.invoke()
+            for d in outs:
+                v = ip.get_tensor(d["index"]).astype(np.float32)
+                if d["dtype"] != np.float32:
+                    v = (v - d["quantization"][1]) * d["quantization"][0]
+                sums[d["name"]] = sums[d["name"]] + v.reshape(-1, v.shape[-1]).mean(0) / len(images)
+        return sums
+
+    f, q = means(calibrated), means(quantized)
+    return np.concatenate([q[name] - f[name] for name in f])
+
+
+def test_bias_correction_removes_the_int8_mean_drift_on_new_images() -> None:
+    """Per-tensor weights round a tiny network's channels unevenly: each conv output drifts by a per-channel
+    offset. After correct_biases the drift is much smaller, on images it never saw too, and only biases moved."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert, schema_py_generated as schema
+
+    from exporters.tflite import correct_biases
+
+    rng = np.random.default_rng(0)
+    seen, unseen = (rng.uniform(0, 1, (n, 1, 16, 16, 3)).astype(np.float32) for n in (16, 16))
+    calibrated = _tiny_calibrated(rng, seen)
+
+    def quantize(blob: bytes) -> bytes:
+        return convert.mlir_quantize(blob, disable_per_channel=True, input_data_type=tf.float32,
+                                     output_data_type=tf.float32)
+
+    corrected, info = correct_biases(calibrated, list(seen), quantize)
+    assert info["layers"] == 3 and info["images"] == 16
+    assert info["mean_error_after"] < 0.2 * info["mean_error_before"]
+    before = np.sqrt(np.mean(_layer_mean_errors(calibrated, quantize(calibrated), unseen[:, 0]) ** 2))
+    after = np.sqrt(np.mean(_layer_mean_errors(calibrated, quantize(corrected), unseen[:, 0]) ** 2))
+    assert after < 0.5 * before
+
+    def buffers(blob: bytes) -> list[bytes]:
+        model = schema.Model.GetRootAsModel(bytearray(blob), 0)
+        return [model.Buffers(i).DataAsNumpy().tobytes() if model.Buffers(i).DataLength() else b""
+                for i in range(model.BuffersLength())]
+
+    changed = [i for i, (a, b) in enumerate(zip(buffers(calibrated), buffers(corrected))) if a != b]
+    model = schema.Model.GetRootAsModel(bytearray(calibrated), 0)
+    graph = model.Subgraphs(0)
+    biases = {graph.Tensors(graph.Operators(k).Inputs(2)).Buffer() for k in range(graph.OperatorsLength())
+              if graph.Operators(k).InputsLength() > 2 and graph.Operators(k).Inputs(2) >= 0}
+    assert changed and set(changed) <= biases
+
+
+def test_int8_bias_correction_option(trained, tmp_path: Path) -> None:
+    """Bias correction is on by default for classifiers (figures recorded); ``bias_correction=false`` skips it."""
+    _, iteration = trained
+    result = export_iteration(iteration, "tflite", flavor="int8", out=tmp_path / "off",
+                              options={"bias_correction": "false"})
+    assert result.verification.status == "ok" and result.verification.details["bias_correction"] is False
+    assert result.manifest.exporter.options["bias_correction"] is False
 
 
 def test_int8_minmax_ranges_option(trained, tmp_path: Path) -> None:
@@ -183,7 +282,8 @@ def test_bad_quantization_options(trained, tmp_path: Path, options: dict[str, st
 
 
 @pytest.mark.parametrize("flavor, options", [("float32", {"per_channel": "true"}), ("dynamic", {"calibration": "random"}),
-                                             ("float16", {"qat": "false"}), ("dynamic", {"ranges": "minmax"})])
+                                             ("float16", {"qat": "false"}), ("dynamic", {"ranges": "minmax"}),
+                                             ("float32", {"bias_correction": "true"})])
 def test_quantization_options_refused_on_other_flavors(trained, tmp_path: Path, flavor: str, options: dict) -> None:
     _, iteration = trained
     with pytest.raises(OptionsError, match="applies to|apply to"):
