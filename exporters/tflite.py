@@ -509,6 +509,7 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
         the per-channel mean error of the int8 model before and after.
     """
     import time
+    from collections import Counter
 
     from tensorflow.lite.python import schema_py_generated as schema
 
@@ -519,6 +520,7 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
     kinds = {schema.BuiltinOperator.CONV_2D: schema.Conv2DOptions,
              schema.BuiltinOperator.DEPTHWISE_CONV_2D: schema.DepthwiseConv2DOptions}
     targets = []  # (output tensor's name, writable float32 view of the bias inside `data`, linear range)
+    uses = Counter(graph.Tensors(i).Buffer() for i in range(graph.TensorsLength()))
     for k in range(graph.OperatorsLength()):
         op = graph.Operators(k)
         code = model.OperatorCodes(op.OpcodeIndex())
@@ -527,8 +529,9 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
             continue
         bias = graph.Tensors(op.Inputs(2))
         values = model.Buffers(bias.Buffer()).DataAsNumpy()
-        if bias.Type() != schema.TensorType.FLOAT32 or not isinstance(values, np.ndarray) or not values.size:
-            continue
+        if (bias.Type() != schema.TensorType.FLOAT32 or not isinstance(values, np.ndarray) or not values.size
+                or uses[bias.Buffer()] > 1):
+            continue  # not a float bias, or a buffer other tensors share (correcting it would move them too)
         options = kind()
         table = op.BuiltinOptions()
         options.Init(table.Bytes, table.Pos)

@@ -731,7 +731,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"--option {item!r}: expected KEY=VALUE")
         options[key.strip()] = value.strip()
     it = _project(args).iteration(args.iteration)
-    result = it.export(args.format, flavor=args.flavor, out=args.out, options=options, zip=args.zip)
+    from edgevision.cli.render import err
+
+    # A spinner on a terminal (nothing otherwise): an int8 export calibrates and corrects for a minute or two.
+    with err.status(f"exporting {args.name} iteration {it.number} to {args.format} and verifying it ..."):
+        result = it.export(args.format, flavor=args.flavor, out=args.out, options=options, zip=args.zip)
     if args.json:
         print_json(result.to_dict())
         return 0
