@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(classifiers); smaller only once compressed")
     q.add_argument("--int8-ready", action="store_true",
                    help="quick mode, classifiers: train a float model whose int8 TFLite export agrees with it "
-                        "(backbone weights on the int8 grid, head fitted on int8 features too; ~40 s more for 500 images). "
+                        "(backbone weights on the int8 grid, head fitted on int8 features too; ~90 s more for 500 images on "
+                        "2 cores). "
                         "The way to go when you will ship `--flavor int8`")
     json_flag(q)
 
