@@ -375,7 +375,7 @@ def int8_calibrated(tf: Any, converter: Any, images: list[Path], size: int, io: 
     calibrated = converter.convert()
     per_channel_off = bool(converter._experimental_disable_per_channel)  # noqa: SLF001
     # Decoded once for both edits, as uint8 (the same pixel values; a quarter of float32's memory).
-    decoded = [preprocess(p, (size, size), dtype=np.uint8)[None] for p in images] if ranges == "mse" or bias_correction else []
+    decoded = [preprocess(p, (size, size), dtype=np.uint8)[None] for p in images]
     if ranges == "mse":
         calibrated = least_squares_ranges(calibrated, decoded)
     notes: dict[str, Any] = {"bias_correction": False}
