@@ -441,7 +441,6 @@ def least_squares_ranges(calibrated: bytes, images: Iterable[np.ndarray], *, see
             The positions depend only on the seed and the tensor's size, so the same tensor gets the
             same range in any model that contains it (a classifier and its feature model, say).
     """
-    from ai_edge_litert.interpreter import Interpreter
     from tensorflow.lite.tools import flatbuffer_utils
 
     fb = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
@@ -449,11 +448,7 @@ def least_squares_ranges(calibrated: bytes, images: Iterable[np.ndarray], *, see
     inputs = set(int(i) for i in graph.inputs)
     ranged = [i for i, t in enumerate(graph.tensors) if i not in inputs and t.quantization is not None
               and t.quantization.min is not None and len(t.quantization.min) == 1]
-    with warnings.catch_warnings():  # "intended for debugging": reading every tensor is the point here
-        warnings.simplefilter("ignore")
-        interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    source = interpreter.get_input_details()[0]["index"]
+    interpreter, source = _all_tensors_interpreter(calibrated)
     picks: dict[int, np.ndarray] = {}  # positions sampled, by tensor size: the same in any model (see above)
     samples: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
     for image in images:
@@ -544,13 +539,7 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
     def channel_means(blob: bytes, tensors: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per output channel of each tensor: mean over ``images`` and positions, and the fraction inside
         its linear range (dequantized when the tensor is int8)."""
-        from ai_edge_litert.interpreter import Interpreter
-
-        with warnings.catch_warnings():  # "intended for debugging": reading inner tensors is the point
-            warnings.simplefilter("ignore")
-            interpreter = Interpreter(model_content=blob, experimental_preserve_all_tensors=True)
-        interpreter.allocate_tensors()
-        source = interpreter.get_input_details()[0]["index"]
+        interpreter, source = _all_tensors_interpreter(blob)
         details = {d["name"]: d for d in interpreter.get_tensor_details()}
         sums: dict[str, Any] = {t: 0.0 for t in tensors}
         inside: dict[str, Any] = {t: 0.0 for t in tensors}
@@ -588,6 +577,17 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
 
     return bytes(data), {"layers": len(targets), "images": len(images), "seconds": round(time.perf_counter() - start, 1),
                          "mean_error_before": round(before, 5), "mean_error_after": round(after, 5)}
+
+
+def _all_tensors_interpreter(model: bytes) -> tuple[Any, int]:
+    """An allocated LiteRT interpreter that keeps every intermediate tensor readable, and its input's index."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with warnings.catch_warnings():  # "intended for debugging": reading inner tensors is the point here
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    return interpreter, interpreter.get_input_details()[0]["index"]
 
 
 def _representative(images: list[Path], size: int) -> Any:
