@@ -475,8 +475,8 @@ BIAS_CORRECTION_MIN_ACTIVE = 0.25
 _LINEAR_RANGE = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}
 
 
-def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Callable[[bytes], bytes], *,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[bytes, dict[str, Any]]:
+def correct_biases(calibrated: bytes, images: Sequence[np.ndarray],
+                   quantize: Callable[[bytes], bytes]) -> tuple[bytes, dict[str, Any]]:
     """Empirical bias correction: shift each conv / depthwise bias of a calibrated float model so that
     its int8 version's output has, per channel, the same mean as the float model's.
 
@@ -496,7 +496,6 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
             will be quantized.
         images: batches [1, H, W, 3] of pixel values as the model takes them (float32 or uint8).
         quantize: turns a calibrated model into the int8 one whose tensors are measured.
-        progress: called with (layers done, layers) after each layer.
 
     Returns:
         The calibrated model with corrected biases, and ``{"layers", "images", "seconds",
@@ -544,7 +543,6 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
         sums: dict[str, Any] = {t: 0.0 for t in tensors}
         inside: dict[str, Any] = {t: 0.0 for t in tensors}
         count = dict.fromkeys(tensors, 0)
-        ranges = {t: linear for t, _, linear in targets}
         for image in images:
             interpreter.set_tensor(source, np.asarray(image, np.float32))
             interpreter.invoke()
@@ -554,13 +552,14 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
                     s, z = details[t]["quantization"]
                     v = (v.astype(np.float32) - z) * s
                 v = v.reshape(-1, v.shape[-1])
-                lo, hi = ranges[t]
+                lo, hi = linear_ranges[t]
                 sums[t] = sums[t] + v.sum(axis=0, dtype=np.float64)
                 inside[t] = inside[t] + ((v > lo) & (v < hi)).sum(axis=0)
                 count[t] += len(v)
         return [(sums[t] / count[t], inside[t] / count[t]) for t in tensors]
 
     outputs = [t for t, _, _ in targets]
+    linear_ranges = {t: linear for t, _, linear in targets}
     reference = channel_means(bytes(data), outputs)
 
     def rms_error() -> float:  # of every target's per-channel mean, int8 against float
@@ -568,11 +567,9 @@ def correct_biases(calibrated: bytes, images: Sequence[np.ndarray], quantize: Ca
         return float(np.sqrt(np.mean(np.concatenate([m - f for (m, _), (f, _) in zip(means, reference)]) ** 2)))
 
     before = rms_error() if targets else 0.0
-    for k, ((tensor, bias, _), (float_mean, active)) in enumerate(zip(targets, reference)):
+    for (tensor, bias, _), (float_mean, active) in zip(targets, reference):
         (int8_mean, _), = channel_means(quantize(bytes(data)), [tensor])
         bias -= ((int8_mean - float_mean) / np.maximum(active, BIAS_CORRECTION_MIN_ACTIVE)).astype(np.float32)
-        if progress is not None:
-            progress(k + 1, len(targets))
     after = rms_error() if targets else 0.0
 
     return bytes(data), {"layers": len(targets), "images": len(images), "seconds": round(time.perf_counter() - start, 1),
